@@ -1,0 +1,1 @@
+"""Wayland protocol descriptions (XML) shipped with wlproxy; see SOURCES.md."""

@@ -1,0 +1,3 @@
+from wlproxy.cli import main
+
+raise SystemExit(main())
