@@ -1,0 +1,145 @@
+/* Damage-rect copying and shadow diffing for mirrored wl_shm pools; see shm.h. */
+#include <stdint.h>
+#include <string.h>
+
+#include "shm.h"
+
+#define MAX_RECTS 256
+
+static void emit(struct shm_span *out, uint32_t *n, uint32_t cap, uint64_t off, uint32_t len)
+{
+    if (len == 0)
+        return;
+    if (*n > 0 && out[*n - 1].offset + out[*n - 1].len == off &&
+        (uint64_t)out[*n - 1].len + len < 0x80000000u) {
+        out[*n - 1].len += len;
+        return;
+    }
+    if (*n < cap) {
+        out[*n].offset = off;
+        out[*n].len = len;
+        (*n)++;
+    }
+}
+
+/* Turn damage rects (x, y, w, h in buffer pixels, 4 ints each) into byte
+ * spans of the pool covering their union, row by row, clipped to the buffer.
+ * Rows that touch in memory merge into one span.  Returns the span count, or
+ * out_cap + 1 if `out` was too small. */
+uint32_t shm_collect_rows(uint64_t buf_offset, uint32_t stride, uint32_t bpp, uint32_t width,
+                          uint32_t height, const int32_t *rects, uint32_t nrects,
+                          struct shm_span *out, uint32_t out_cap)
+{
+    int32_t x0[MAX_RECTS], x1[MAX_RECTS], y0[MAX_RECTS], y1[MAX_RECTS];
+    uint32_t k = 0, n = 0;
+    int32_t ymin = INT32_MAX, ymax = 0;
+    if (nrects > MAX_RECTS) {
+        /* too many to track: damage the whole buffer */
+        nrects = 0;
+        x0[0] = 0, x1[0] = (int32_t)width, y0[0] = 0, y1[0] = (int32_t)height;
+        k = 1;
+    }
+    for (uint32_t i = 0; i < nrects; i++) {
+        int64_t a = rects[4 * i], b = rects[4 * i + 1];
+        int64_t c = a + (int64_t)rects[4 * i + 2], d = b + (int64_t)rects[4 * i + 3];
+        if (a < 0) a = 0;
+        if (b < 0) b = 0;
+        if (c > width) c = width;
+        if (d > height) d = height;
+        if (a >= c || b >= d)
+            continue;
+        x0[k] = (int32_t)a, x1[k] = (int32_t)c, y0[k] = (int32_t)b, y1[k] = (int32_t)d;
+        k++;
+    }
+    for (uint32_t i = 0; i < k; i++) {
+        if (y0[i] < ymin) ymin = y0[i];
+        if (y1[i] > ymax) ymax = y1[i];
+    }
+    int32_t ix0[MAX_RECTS], ix1[MAX_RECTS];
+    for (int32_t y = ymin; y < ymax; y++) {
+        uint32_t m = 0;
+        for (uint32_t i = 0; i < k; i++) {
+            if (y < y0[i] || y >= y1[i])
+                continue;
+            /* insertion sort by start */
+            uint32_t j = m++;
+            while (j > 0 && ix0[j - 1] > x0[i]) {
+                ix0[j] = ix0[j - 1], ix1[j] = ix1[j - 1];
+                j--;
+            }
+            ix0[j] = x0[i], ix1[j] = x1[i];
+        }
+        uint64_t row = buf_offset + (uint64_t)y * stride;
+        int32_t cs = -1, ce = -1;
+        for (uint32_t i = 0; i < m; i++) {
+            if (cs >= 0 && ix0[i] <= ce) {
+                if (ix1[i] > ce) ce = ix1[i];
+                continue;
+            }
+            if (cs >= 0)
+                emit(out, &n, out_cap + 1, row + (uint64_t)cs * bpp, (uint32_t)(ce - cs) * bpp);
+            cs = ix0[i], ce = ix1[i];
+        }
+        if (cs >= 0)
+            emit(out, &n, out_cap + 1, row + (uint64_t)cs * bpp, (uint32_t)(ce - cs) * bpp);
+        if (n > out_cap)
+            return out_cap + 1;
+    }
+    return n;
+}
+
+#define BLOCK 64
+
+/* Compare each span of `pool` with `shadow`; write the sub-spans that differ
+ * (64-byte granular, gaps up to merge_gap bridged) to `out` and bring the
+ * shadow up to date.  Stops early when `out` is nearly full: *spans_done says
+ * how many input spans were handled (call again for the rest).  Returns the
+ * number of output spans. */
+uint32_t shm_diff(const uint8_t *pool, uint8_t *shadow, const struct shm_span *spans,
+                  uint32_t nspans, struct shm_span *out, uint32_t out_cap, uint32_t merge_gap,
+                  uint32_t *spans_done, uint64_t *changed_bytes)
+{
+    uint32_t n = 0, s;
+    uint64_t changed = 0;
+    for (s = 0; s < nspans && n + 2 <= out_cap; s++) {
+        uint64_t off = spans[s].offset, end = off + spans[s].len;
+        uint64_t run_start = 0, run_end = 0;
+        int in_run = 0;
+        uint64_t p = off;
+        while (p < end) {
+            uint64_t q = (p + BLOCK) & ~(uint64_t)(BLOCK - 1); /* absolute 64-byte blocks */
+            if (q > end)
+                q = end;
+            if (memcmp(pool + p, shadow + p, q - p) != 0) {
+                if (in_run && p - run_end <= merge_gap) {
+                    run_end = q;
+                } else {
+                    if (in_run)
+                        emit(out, &n, out_cap, run_start, (uint32_t)(run_end - run_start));
+                    run_start = p, run_end = q, in_run = 1;
+                    if (n + 1 >= out_cap) {
+                        /* last free slot: take the rest of the span whole */
+                        memcpy(shadow + p, pool + p, end - p);
+                        changed += end - p;
+                        run_end = end;
+                        break;
+                    }
+                }
+                memcpy(shadow + p, pool + p, q - p);
+                changed += q - p;
+            }
+            p = q;
+        }
+        if (in_run)
+            emit(out, &n, out_cap, run_start, (uint32_t)(run_end - run_start));
+    }
+    *spans_done = s;
+    *changed_bytes = changed;
+    return n;
+}
+
+void shm_copy_spans(const uint8_t *src, uint8_t *dst, const struct shm_span *spans, uint32_t nspans)
+{
+    for (uint32_t i = 0; i < nspans; i++)
+        memcpy(dst + spans[i].offset, src + spans[i].offset, spans[i].len);
+}

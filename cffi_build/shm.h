@@ -1,0 +1,13 @@
+/* Damage-rect copying and shadow diffing for mirrored wl_shm pools. */
+
+struct shm_span {
+    uint64_t offset; /* byte offset in the pool */
+    uint32_t len;
+};
+
+uint32_t shm_collect_rows(uint64_t buf_offset, uint32_t stride, uint32_t bpp, uint32_t width, uint32_t height,
+                          const int32_t *rects, uint32_t nrects, struct shm_span *out, uint32_t out_cap);
+uint32_t shm_diff(const uint8_t *pool, uint8_t *shadow, const struct shm_span *spans, uint32_t nspans,
+                  struct shm_span *out, uint32_t out_cap, uint32_t merge_gap, uint32_t *spans_done,
+                  uint64_t *changed_bytes);
+void shm_copy_spans(const uint8_t *src, uint8_t *dst, const struct shm_span *spans, uint32_t nspans);

@@ -1,0 +1,199 @@
+"""Sans-IO wrapper around the C wire codec.
+
+``Tables`` compiles the protocol model into the flat arrays the C code walks;
+``Codec`` is one connection's state: its object map, its intercept mask and
+the count of fds received but not yet matched to messages.  ``feed`` takes
+one received buffer and returns records: byte ranges to forward untouched,
+messages Python asked to see, or an error that ends the connection.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from wlproxy._codec import ffi, lib
+from wlproxy.protocol import ARG_TYPES, EVENT, REQUEST, Interface, Message, Protocol, load
+
+PASS, MSG, ERROR = lib.WLC_REC_PASS, lib.WLC_REC_MSG, lib.WLC_REC_ERROR
+SERVER_ID_START = 0xFF000000
+DEFAULT_MAX_MESSAGE = 4096
+DEFAULT_MAX_OBJECTS = 1 << 20
+
+# wl_display error codes
+INVALID_OBJECT, INVALID_METHOD, NO_MEMORY, IMPLEMENTATION = 0, 1, 2, 3
+
+
+class Record(NamedTuple):
+    kind: int
+    start: int
+    length: int
+    obj: int
+    iface: int
+    opcode: int
+    nfds: int
+    code: int
+
+
+class Tables:
+    """The protocol model as C tables (kept alive as long as this object)."""
+
+    def __init__(self, proto: Protocol):
+        self.proto = proto
+        ifaces = proto.interfaces
+        msgs: list[tuple[Interface, int, Message]] = []
+        args = []
+        self._names = [ffi.new("char[]", i.name.encode()) for i in ifaces]
+        c_ifaces = ffi.new("struct wlc_iface[]", len(ifaces))
+        for idx, iface in enumerate(ifaces):
+            ci = c_ifaces[idx]
+            ci.name = self._names[idx]
+            ci.version = iface.version
+            for d in (REQUEST, EVENT):
+                ci.first_msg[d] = len(msgs)
+                ci.nmsgs[d] = len(iface.messages(d))
+                for m in iface.messages(d):
+                    msgs.append((iface, d, m))
+        c_msgs = ffi.new("struct wlc_msg[]", max(1, len(msgs)))
+        for n, (_, _, m) in enumerate(msgs):
+            cm = c_msgs[n]
+            cm.first_arg = len(args)
+            cm.nargs = len(m.args)
+            cm.since = m.since
+            cm.flags = lib.WLC_MSG_DESTRUCTOR if m.destructor else 0
+            cm.nfds = m.nfds
+            args.extend(m.args)
+        c_args = ffi.new("struct wlc_arg[]", max(1, len(args)))
+        for n, a in enumerate(args):
+            c_args[n].type = ARG_TYPES[a.type]
+            c_args[n].flags = lib.WLC_ARG_NULLABLE if a.allow_null else 0
+            c_args[n].iface = proto[a.interface].index if a.interface else lib.WLC_NO_IFACE
+        order = sorted(range(len(ifaces)), key=lambda i: ifaces[i].name.encode())
+        c_by_name = ffi.new("uint16_t[]", order)
+        t = ffi.new("struct wlc_tables *")
+        t.n_ifaces = len(ifaces)
+        t.ifaces = c_ifaces
+        t.msgs = c_msgs
+        t.args = c_args
+        t.by_name = c_by_name
+        t.n_msgs = len(msgs)
+        t.display_iface = proto["wl_display"].index
+        self._keep = (c_ifaces, c_msgs, c_args, c_by_name)
+        self.c = t
+        self.msgs = msgs
+        self.n_msgs = len(msgs)
+
+    def msg_index(self, iface: str, direction: int, name: str) -> int:
+        i = self.proto[iface]
+        return int(self.c.ifaces[i.index].first_msg[direction]) + i.message(direction, name).opcode
+
+    def message(self, iface_index: int, direction: int, opcode: int) -> tuple[Interface, Message]:
+        iface = self.proto.interfaces[iface_index]
+        return iface, iface.messages(direction)[opcode]
+
+
+@functools.cache
+def default_tables() -> Tables:
+    return Tables(load())
+
+
+@dataclass
+class ObjectInfo:
+    iface: Interface
+    version: int
+    zombie: bool
+
+
+class CodecError(Exception):
+    """A message failed validation: ``code`` and ``obj`` are for ``wl_display.error``."""
+
+    def __init__(self, code: int, obj: int, message: str, direction: int):
+        super().__init__(message)
+        self.code = code
+        self.obj = obj
+        self.direction = direction
+
+
+class Codec:
+    """One Wayland connection as seen by a proxy: both directions, one object map."""
+
+    def __init__(self, tables: Tables | None = None, *, max_message: int = DEFAULT_MAX_MESSAGE,
+                 max_objects: int = DEFAULT_MAX_OBJECTS, record_capacity: int = 256):
+        self.tables = tables or default_tables()
+        conn = lib.wlc_new(self.tables.c, max_message, max_objects)
+        if conn == ffi.NULL:
+            raise MemoryError("wlc_new failed")
+        self._conn = ffi.gc(conn, lib.wlc_free)
+        self._mask = ffi.buffer(lib.wlc_mask(conn), self.tables.n_msgs)
+        self._recs = ffi.new("struct wlc_rec[]", record_capacity)
+        self._cap = record_capacity
+        self._consumed = ffi.new("uint32_t *")
+
+    # -- configuration -----------------------------------------------------
+    def intercept(self, iface: str, direction: int, *names: str, on: bool = True) -> None:
+        """Ask to see these messages (all of the interface's, if no names) as MSG records."""
+        i = self.tables.proto[iface]
+        for m in i.messages(direction):
+            if not names or m.name in names:
+                self._mask[self.tables.msg_index(iface, direction, m.name)] = b"\x01" if on else b"\x00"
+
+    def intercept_all(self) -> None:
+        self._mask[:] = b"\x01" * self.tables.n_msgs
+
+    def set_max_objects(self, n: int) -> None:
+        lib.wlc_set_max_objects(self._conn, n)
+
+    # -- the hot path ------------------------------------------------------
+    def feed(self, direction: int, buf, length: int, new_fds: int = 0) -> tuple[list[Record], int]:
+        """Validate the complete messages in ``buf[:length]``.
+
+        Returns the records and how many bytes they cover; the caller keeps
+        the rest (a partial message) for the next call.  An ERROR record, if
+        any, is last.
+        """
+        out: list[Record] = []
+        cbuf = ffi.from_buffer(buf)
+        pos = 0
+        consumed = self._consumed
+        while True:
+            n = lib.wlc_feed(self._conn, direction, cbuf + pos, length - pos, new_fds, self._recs,
+                             self._cap, consumed)
+            new_fds = 0
+            recs = self._recs
+            for k in range(n):
+                r = recs[k]
+                out.append(Record(r.kind, r.start + pos, r.len, r.obj, r.iface, r.opcode, r.nfds, r.code))
+            pos += consumed[0]
+            if n < self._cap - 1 or (out and out[-1].kind == ERROR):
+                return out, pos
+
+    def error_text(self) -> str:
+        return ffi.string(lib.wlc_error(self._conn)).decode("utf-8", "replace")
+
+    def raise_for(self, rec: Record, direction: int) -> None:
+        raise CodecError(rec.code, rec.obj, self.error_text(), direction)
+
+    # -- the object map ----------------------------------------------------
+    def lookup(self, obj: int) -> ObjectInfo | None:
+        o = ffi.new("struct wlc_obj *")
+        if lib.wlc_lookup(self._conn, obj, o) < 0:
+            return None
+        return ObjectInfo(self.tables.proto.interfaces[o.iface], o.version, o.state == lib.WLC_OBJ_ZOMBIE)
+
+    def insert(self, obj: int, iface: str, version: int) -> None:
+        if lib.wlc_insert(self._conn, obj, self.tables.proto[iface].index, version) < 0:
+            raise ValueError(f"cannot insert {iface}@{obj}")
+
+    def remove(self, obj: int) -> None:
+        lib.wlc_remove(self._conn, obj)
+
+    @property
+    def object_count(self) -> int:
+        return int(lib.wlc_object_count(self._conn))
+
+    def pending_fds(self, direction: int) -> int:
+        return int(lib.wlc_pending_fds(self._conn, direction))
+
+    def set_pending_fds(self, direction: int, n: int) -> None:
+        lib.wlc_set_pending_fds(self._conn, direction, n)

@@ -1,0 +1,199 @@
+"""Non-blocking stream sockets that carry bytes and SCM_RIGHTS fds, with
+bounded input buffers and an output queue flushed with ``sendmsg``."""
+
+from __future__ import annotations
+
+import array
+import collections
+import itertools
+import logging
+import os
+import socket
+from typing import Callable
+
+from wlproxy.loop import Loop
+
+log = logging.getLogger("wlproxy.fdsock")
+
+MAX_FDS_PER_SEND = 28  # what libwayland accepts per recvmsg
+_CMSG_SPACE = socket.CMSG_SPACE(253 * 4)
+
+
+def close_fds(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class FdSocket:
+    """One connected stream socket in a ``Loop``.
+
+    Received bytes accumulate in ``rbuf[:filled]`` and received fds in
+    ``fds``; ``on_data(self, new_fds)`` is called after each read and the
+    owner calls ``consume(n)`` for what it handled.  ``write`` queues bytes
+    with fds and sends as soon as the socket takes them.
+    """
+
+    def __init__(self, loop: Loop, sock: socket.socket, on_data: Callable[["FdSocket", int], None],
+                 on_close: Callable[["FdSocket", str], None], *, rbuf_size: int = 65536, name: str = ""):
+        sock.setblocking(False)
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.name = name
+        self.on_data = on_data
+        self.on_close = on_close
+        self.rbuf = bytearray(rbuf_size)
+        self._rview = memoryview(self.rbuf)
+        self.filled = 0
+        self.fds: collections.deque[int] = collections.deque()
+        self._out: collections.deque[list] = collections.deque()  # [memoryview, fds]
+        self.out_bytes = 0
+        self.closed = False
+        self.paused = False
+        self.on_drain: Callable[[], None] | None = None
+        loop.add_reader(self.fd, self._readable)
+
+    # -- reading -----------------------------------------------------------
+    def pause_reading(self) -> None:
+        if not self.paused and not self.closed:
+            self.paused = True
+            self.loop.remove_reader(self.fd)
+
+    def resume_reading(self) -> None:
+        if self.paused and not self.closed:
+            self.paused = False
+            self.loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        if self.closed:
+            return
+        if self.filled == len(self.rbuf):
+            # the owner could not make progress on a full buffer: a message
+            # larger than the buffer, which the codec rejects before this
+            self.close("input buffer full")
+            return
+        try:
+            n, anc, flags, _ = self.sock.recvmsg_into([self._rview[self.filled:]], _CMSG_SPACE,
+                                                      socket.MSG_CMSG_CLOEXEC)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.close(f"read error: {e.strerror}")
+            return
+        new_fds = 0
+        for level, typ, data in anc:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                a = array.array("i")
+                a.frombytes(data[: len(data) - len(data) % a.itemsize])
+                self.fds.extend(a)
+                new_fds += len(a)
+        if flags & socket.MSG_CTRUNC:
+            self.close("too many fds in one message")
+            return
+        if n == 0 and not new_fds:
+            self.close("closed by peer")
+            return
+        self.filled += n
+        self.on_data(self, new_fds)
+
+    def consume(self, n: int) -> None:
+        """Forget the first ``n`` bytes of the input buffer."""
+        if n:
+            rest = self.filled - n
+            if rest:
+                self.rbuf[:rest] = self._rview[n:self.filled]
+            self.filled = rest
+
+    def take_fds(self, n: int) -> list[int]:
+        return [self.fds.popleft() for _ in range(n)]
+
+    # -- writing -----------------------------------------------------------
+    def write(self, data, fds: list[int] | tuple = (), *, own_fds: bool = True) -> None:
+        """Queue ``data`` (copied if it is a view) with ``fds`` (closed once sent
+        when ``own_fds``)."""
+        if self.closed:
+            if own_fds:
+                close_fds(fds)
+            return
+        if isinstance(data, memoryview):
+            data = bytes(data)
+        self._out.append([memoryview(data), list(fds), own_fds])
+        self.out_bytes += len(data)
+        if len(self._out) == 1:
+            self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        while out:
+            view, fds, own = out[0]
+            send_fds = fds[:MAX_FDS_PER_SEND]
+            if send_fds:
+                # fds ride on the first byte sent; more than one batch of them
+                # needs one byte of data per batch
+                bufs = [view if len(fds) <= MAX_FDS_PER_SEND else view[:1]]
+                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", send_fds))]
+            else:
+                anc = []
+                bufs = [view]
+                if len(out) > 1:  # gather fd-less entries, up to the next one with fds
+                    for e in itertools.islice(out, 1, 64):
+                        if e[1]:
+                            break
+                        bufs.append(e[0])
+            try:
+                sent = self.sock.sendmsg(bufs, anc)
+            except (BlockingIOError, InterruptedError):
+                self.loop.add_writer(self.fd, self._flush)
+                return
+            except OSError as e:
+                self.close(f"write error: {e.strerror}")
+                return
+            if send_fds:
+                if own:
+                    close_fds(send_fds)
+                del fds[:len(send_fds)]
+            self.out_bytes -= sent
+            while out:
+                head = out[0]
+                n = len(head[0])
+                if sent >= n and not head[1]:
+                    sent -= n
+                    out.popleft()
+                    continue
+                if sent:
+                    head[0] = head[0][min(sent, n):]
+                    sent = 0
+                break
+            if sent == 0 and out and len(out[0][0]) == 0 and not out[0][1]:
+                out.popleft()
+        self.loop.remove_writer(self.fd)
+        if self.on_drain is not None:
+            self.on_drain()
+
+    # -- closing -----------------------------------------------------------
+    def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.forget(self.fd)
+        for entry in self._out:
+            if entry[2]:
+                close_fds(entry[1])
+        self._out.clear()
+        close_fds(self.fds)
+        self.fds.clear()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.on_close(self, reason)
+
+    def shutdown_after_flush(self) -> None:
+        """Close once everything queued has been sent (used after a protocol error)."""
+        if not self._out:
+            self.close("done")
+        else:
+            self.on_drain = lambda: self.close("done")
