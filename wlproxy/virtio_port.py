@@ -1,0 +1,68 @@
+"""Find a named virtio-console port in the guest.
+
+With udev the port is ``/dev/virtio-ports/NAME``. Without it (a minimal
+initramfs, busybox) only ``/dev/vportNpM`` exists, and the name the host gave
+the port (qemu ``virtserialport,name=NAME``) is in
+``/sys/class/virtio-ports/vportNpM/name``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+SYSFS_PORTS = Path("/sys/class/virtio-ports")
+DEV = Path("/dev")
+
+
+class PortNotFound(LookupError):
+    """No virtio-console port has that name."""
+
+
+def find_virtio_port(name: str, *, sys_root: Path = SYSFS_PORTS, dev_root: Path = DEV) -> Path:
+    """The device node of the virtio-console port called ``name``.
+
+    ``sys_root`` and ``dev_root`` stand for ``/sys/class/virtio-ports`` and ``/dev``.
+    """
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"bad virtio port name: {name!r}")
+    link = dev_root / "virtio-ports" / name
+    if link.exists():
+        return link
+    try:
+        entries = sorted(sys_root.iterdir())
+    except FileNotFoundError:
+        entries = []
+    seen = []
+    for entry in entries:
+        try:
+            port_name = (entry / "name").read_text().strip()
+        except OSError:
+            continue
+        seen.append(port_name or "(unnamed)")
+        if port_name == name:
+            node = dev_root / entry.name
+            if node.exists():
+                return node
+            raise PortNotFound(f"virtio port {name!r} is {entry.name}, but {node} does not exist")
+    found = ", ".join(seen) if seen else "none"
+    raise PortNotFound(f"no virtio port named {name!r} (ports found: {found})")
+
+
+def wait_virtio_port(name: str, timeout: float = 10.0, *, sys_root: Path = SYSFS_PORTS,
+                     dev_root: Path = DEV) -> Path:
+    """Like :func:`find_virtio_port`, but wait up to ``timeout`` seconds for the port.
+
+    Ports appear shortly after the virtio-console driver loads, once the host
+    has announced them, so a guest started at boot may have to wait.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            return find_virtio_port(name, sys_root=sys_root, dev_root=dev_root)
+        except PortNotFound:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.2)
