@@ -1,60 +1,77 @@
-"""Feeding a socket's input through a codec: the shared receive path.
+"""Feeding buffered input through a codec: the shared receive path.
 
-``pump`` runs one codec call over everything buffered on an ``FdSocket`` and
-hands the records to a ``Sink``: contiguous ranges to forward, the messages
-the sink asked to see, or the error that ends the connection.
+``pump`` runs the codec over everything a source has buffered (an
+``FdSocket``, or a ``StreamIn`` filled from the link) and hands the records
+on: contiguous ranges to forward, the messages the caller asked to see, or
+the error that ends the connection.
 """
 
 from __future__ import annotations
 
-from typing import Protocol as TypingProtocol
+import collections
+from typing import Callable
 
 from wlproxy import wire
-from wlproxy.codec import ERROR, MSG, Codec, Record
-from wlproxy.fdsock import FdSocket
+from wlproxy.codec import ERROR, MSG, Codec, Record, default_tables
 from wlproxy.protocol import Interface, Message
 
-
-class Sink(TypingProtocol):
-    def forward(self, data: memoryview, fds: list[int]) -> None:
-        """Forward validated bytes (a view valid only during the call) with their fds."""
-
-    def message(self, iface: Interface, msg: Message, obj: int, data: memoryview, fds: list[int]) -> None:
-        """An intercepted message; the sink forwards, rewrites or drops it."""
-
-    def error(self, rec: Record, text: str) -> None:
-        """Validation failed; the connection is over."""
+Forward = Callable[[memoryview, list], None]
+OnMessage = Callable[[Interface, Message, int, memoryview, list], None]
+OnError = Callable[[Record, str], None]
 
 
-def pump(codec: Codec, direction: int, src: FdSocket, sink: Sink, new_fds: int) -> bool:
-    """Process what ``src`` has buffered; returns False after an error."""
+class StreamIn:
+    """A bounded input buffer with queued fds, shaped like ``FdSocket``'s input."""
+
+    def __init__(self, size: int):
+        self.rbuf = bytearray(size)
+        self.filled = 0
+        self.fds: collections.deque = collections.deque()
+
+    def append(self, data) -> bool:
+        n = len(data)
+        if self.filled + n > len(self.rbuf):
+            return False
+        self.rbuf[self.filled:self.filled + n] = data
+        self.filled += n
+        return True
+
+    def take_fds(self, n: int) -> list:
+        return [self.fds.popleft() for _ in range(n)]
+
+    def consume(self, n: int) -> None:
+        if n:
+            rest = self.filled - n
+            if rest:
+                self.rbuf[:rest] = self.rbuf[n:self.filled]
+            self.filled = rest
+
+
+def pump(codec: Codec, direction: int, src, forward: Forward, message: OnMessage, error: OnError,
+         new_fds: int = 0) -> int:
+    """Process what ``src`` has buffered; returns the bytes consumed, or -1 after an error."""
     recs, used = codec.feed(direction, src.rbuf, src.filled, new_fds)
     view = memoryview(src.rbuf)
-    ok = True
     try:
         for r in recs:
             if r.kind == ERROR:
-                sink.error(r, codec.error_text())
-                ok = False
-                break
+                error(r, codec.error_text())
+                return -1
             fds = src.take_fds(r.nfds) if r.nfds else []
             data = view[r.start:r.start + r.length]
             if r.kind == MSG:
                 iface, msg = codec.tables.message(r.iface, direction, r.opcode)
-                sink.message(iface, msg, r.obj, data, fds)
+                message(iface, msg, r.obj, data, fds)
             else:
-                sink.forward(data, fds)
+                forward(data, fds)
     finally:
         view.release()
-    if ok:
-        src.consume(used)
-    return ok
+    src.consume(used)
+    return used
 
 
 def display_error(obj: int, code: int, text: str) -> bytes:
     """A ``wl_display.error`` event, as a compositor would send it."""
-    from wlproxy.codec import default_tables
-
     msg = default_tables().proto["wl_display"].message(1, "error")
     data, _ = wire.encode(1, msg, [obj, code, text])
     return data

@@ -105,12 +105,15 @@ class TraceSession:
         self.down = FdSocket(proxy.loop, client, self._from_client, self._closed, name=f"client {n}")
         self.up = FdSocket(proxy.loop, upstream, self._from_compositor, self._closed, name=f"upstream {n}")
         self._ended = False
+        self._sides = (_Side(self, REQUEST, self.up), _Side(self, EVENT, self.down))
 
     def _from_client(self, s: FdSocket, new_fds: int) -> None:
-        pump(self.codec, REQUEST, s, _Side(self, REQUEST, self.up), new_fds)
+        side = self._sides[REQUEST]
+        pump(self.codec, REQUEST, s, side.forward, side.message, side.error, new_fds)
 
     def _from_compositor(self, s: FdSocket, new_fds: int) -> None:
-        pump(self.codec, EVENT, s, _Side(self, EVENT, self.down), new_fds)
+        side = self._sides[EVENT]
+        pump(self.codec, EVENT, s, side.forward, side.message, side.error, new_fds)
 
     def fail(self, direction: int, rec: Record, text: str) -> None:
         if direction == REQUEST:

@@ -1,0 +1,208 @@
+"""One Wayland connection carried over the link: the part both halves share.
+
+A channel joins a local socket (a client, in the guest; weston, on the host)
+to the link.  Local input is validated by the codec and queued for the link
+in order: DATA (limited by the peer's credit window), fd stand-in records
+and bulk pixel jobs.  Link input for the channel is validated again and
+written to the local socket; the bytes are credited back once the local
+socket has taken them.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+from typing import TYPE_CHECKING, Callable
+
+from wlproxy import link
+from wlproxy.codec import Codec, Record
+from wlproxy.fdsock import FdSocket, close_fds
+from wlproxy.protocol import Interface, Message
+from wlproxy.relay import StreamIn, pump
+
+if TYPE_CHECKING:
+    from wlproxy.linkio import Bulk
+
+log = logging.getLogger("wlproxy.channel")
+
+_DATA, _FRAME, _BULK = 0, 1, 2
+
+Handler = Callable[[int, memoryview, list], None]  # (object id, message bytes, fds)
+
+
+class Channel:
+    """Subclasses set ``local_dir`` and fill ``handlers[direction]`` with
+    ``(interface, message) -> method``; those messages are intercepted."""
+
+    local_dir: int = 0
+
+    def __init__(self, owner, ch: int, sock: socket.socket, *, window: int, peer_window: int,
+                 max_message: int = 4096, name: str = ""):
+        self.owner = owner
+        self.ch = ch
+        self.name = name or f"channel {ch}"
+        self.remote_dir = 1 - self.local_dir
+        self.codec = Codec(max_message=max_message)
+        self.handlers: tuple[dict, dict] = ({}, {})
+        self.window = window          # what we let the peer have outstanding
+        self.peer_window = peer_window  # what the peer lets us have outstanding
+        self.unacked = 0
+        self.pending: collections.deque[list] = collections.deque()
+        self.remote_in = StreamIn(window + max_message)
+        self.remote_new_fds = 0
+        self.kinds: collections.deque[tuple] = collections.deque()  # parallel to remote_in.fds
+        self.to_credit = 0
+        self.closed = False
+        self.local = FdSocket(owner.loop, sock, self._from_local, self._local_closed, name=self.name)
+        self.local.on_drain = self._local_drained
+
+    def intercept(self) -> None:
+        """Apply ``handlers`` to the codec's mask (call after filling them)."""
+        for direction in (0, 1):
+            for (iface, msg) in self.handlers[direction]:
+                self.codec.intercept(iface, direction, msg)
+
+    # -- local -> link -----------------------------------------------------
+    def _from_local(self, s: FdSocket, new_fds: int) -> None:
+        if self.closed:
+            return
+        used = pump(self.codec, self.local_dir, s, self.local_forward, self._local_message,
+                    self.local_error, new_fds)
+        if used >= 0:
+            self.flush()
+
+    def local_forward(self, data: memoryview, fds: list) -> None:
+        if fds:  # every fd-carrying message is intercepted, so this is a bug
+            close_fds(fds)
+            log.error("%s: fds on a forwarded range; closing", self.name)
+            self.close("internal error", notify=True)
+            return
+        self.queue_data(data)
+
+    def _local_message(self, iface: Interface, msg: Message, obj: int, data: memoryview, fds: list) -> None:
+        self.handlers[self.local_dir][(iface.name, msg.name)](obj, data, fds)
+
+    def local_error(self, rec: Record, text: str) -> None:
+        raise NotImplementedError
+
+    def queue_data(self, data) -> None:
+        p = self.pending
+        if p and p[-1][0] == _DATA:
+            p[-1][1] += data
+        else:
+            p.append([_DATA, bytearray(data)])
+
+    def queue_frame(self, frame: bytes) -> None:
+        self.pending.append([_FRAME, frame])
+
+    def queue_bulk(self, job: "Bulk", size: int) -> None:
+        self.pending.append([_BULK, (job, size)])
+
+    def flush(self) -> None:
+        """Release queued items to the link in order, DATA within the peer's window."""
+        w = self.owner.writer
+        p = self.pending
+        while p:
+            kind, item = p[0]
+            if kind == _DATA:
+                room = min(self.peer_window - self.unacked, link.Limits.max_data)
+                if room <= 0:
+                    break
+                n = min(len(item), room)
+                w.send(self.ch, link.header(link.DATA, self.ch, n) + item[:n])
+                self.unacked += n
+                if n < len(item):
+                    del item[:n]
+                    continue
+            elif kind == _FRAME:
+                w.send(self.ch, item)
+            else:
+                w.send_bulk(self.ch, *item)
+            p.popleft()
+        if p:
+            self.local.pause_reading()
+        else:
+            self.local.resume_reading()
+
+    def credit(self, n: int) -> None:
+        if n > self.unacked:
+            raise link.LinkError(f"channel {self.ch}: credit of {n} bytes for {self.unacked} sent")
+        self.unacked -= n
+        self.flush()
+
+    # -- link -> local -----------------------------------------------------
+    def remote_data(self, payload: bytes) -> None:
+        if self.closed:
+            return  # in flight when we closed; the peer will see our CLOSE
+        if self.to_credit + len(payload) > self.window:
+            raise link.LinkError(f"channel {self.ch}: peer exceeded the credit window of {self.window} bytes")
+        self.remote_in.append(payload)
+        self.to_credit += len(payload)
+        new_fds, self.remote_new_fds = self.remote_new_fds, 0
+        used = pump(self.codec, self.remote_dir, self.remote_in, self.remote_forward, self._remote_message,
+                    self.remote_error, new_fds)
+        if used >= 0 and not self.closed:
+            self._maybe_credit()
+
+    def remote_fd(self, fd: int, kind: tuple) -> None:
+        """An fd made from a link record (``kind`` says what it stands for): it
+        belongs to the next remote message needing one."""
+        if len(self.remote_in.fds) >= 64:
+            close_fds([fd])
+            raise link.LinkError(f"channel {self.ch}: too many fds announced ahead of their messages")
+        self.remote_in.fds.append(fd)
+        self.kinds.append(kind)
+        self.remote_new_fds += 1
+
+    def remote_forward(self, data: memoryview, fds: list) -> None:
+        for _ in fds:
+            self.kinds.popleft()
+        self.local.write(data, fds)
+
+    def _remote_message(self, iface: Interface, msg: Message, obj: int, data: memoryview, fds: list) -> None:
+        self.handlers[self.remote_dir][(iface.name, msg.name)](obj, data, fds)
+
+    def remote_error(self, rec: Record, text: str) -> None:
+        raise NotImplementedError
+
+    def _maybe_credit(self) -> None:
+        if self.to_credit and self.local.out_bytes < self.window // 2:
+            self.owner.writer.send_urgent(link.credit_frame(self.ch, self.to_credit))
+            self.to_credit = 0
+
+    def _local_drained(self) -> None:
+        if not self.closed:
+            self._maybe_credit()
+
+    # -- closing -----------------------------------------------------------
+    def _local_closed(self, s: FdSocket, reason: str) -> None:
+        if not self.closed:
+            self.close(reason, notify=True)
+
+    def close(self, reason: str, *, notify: bool, flush_local: bool = False, keep_queued: bool = False) -> None:
+        """End the channel; ``notify`` tells the peer with CLOSE; ``flush_local``
+        lets queued output (an error event) reach the local side first;
+        ``keep_queued`` keeps frames already handed to the link writer."""
+        if self.closed:
+            return
+        self.closed = True
+        if not keep_queued:
+            self.owner.writer.drop_channel(self.ch)
+        if notify:
+            self.owner.writer.send_urgent(link.close_frame(self.ch, 0, reason))
+        close_fds(self.remote_in.fds)
+        self.remote_in.fds.clear()
+        self.kinds.clear()
+        self.pending.clear()
+        if flush_local and not self.local.closed:
+            self.local.pause_reading()
+            self.local.on_drain = None
+            self.local.shutdown_after_flush()
+        else:
+            self.local.close(reason)
+        self.release()
+        self.owner.channel_closed(self, reason)
+
+    def release(self) -> None:
+        """Free per-channel resources (pools, pipes); subclasses extend."""

@@ -1,0 +1,432 @@
+"""``wlproxy guest``: the compositor that clients inside the appvm talk to.
+
+Each client becomes a channel on one link to the host half.  fds cannot
+cross the VM boundary, so the guest half stands in for them: it maps shm
+pools and sends the pixels that changed on commit, and bridges clipboard
+pipes; keymaps come back as bytes and are turned into fds here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import struct
+
+from wlproxy import bridges, link
+from wlproxy.channel import Channel
+from wlproxy.cli import UserError
+from wlproxy.codec import IMPLEMENTATION, INVALID_METHOD, Record
+from wlproxy.fdsock import close_fds
+from wlproxy.loop import Loop
+from wlproxy.protocol import REQUEST
+from wlproxy.relay import display_error
+from wlproxy.session import LinkSession
+from wlproxy.shm import FULL, GuestBuffer, GuestPool, Differ, union
+from wlproxy.transport import Endpoint, connect, parse
+from wlproxy.wlsocket import ListeningSocket, SocketError, activated_sockets
+
+log = logging.getLogger("wlproxy.guest")
+
+SHM_CHUNK = 1 << 20
+INT32_MAX = 0x7FFFFFFF
+_U32 = struct.Struct("=I")
+_I32x4 = struct.Struct("=iiii")
+
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--link", required=True, metavar="URL",
+                   help="how to reach the host half: vsock:PORT (cloud-hypervisor), virtio-port:NAME "
+                   "(virtio-console port) or unix:PATH (development)")
+    p.add_argument("--socket", default="wayland-0", metavar="NAME",
+                   help="socket name in XDG_RUNTIME_DIR, or absolute path (default: %(default)s); "
+                   "ignored when a socket comes from socket activation (LISTEN_FDS)")
+    p.add_argument("--reconnect", type=float, default=1.0, metavar="SECONDS",
+                   help="retry interval when the link is down (default: %(default)s)")
+    p.add_argument("--no-diff", action="store_true", help="send damaged pixels without the shadow diff")
+
+
+class _Surface:
+    __slots__ = ("pending", "sdamage", "bdamage", "scale", "transform", "viewport", "buffer", "history")
+
+    def __init__(self) -> None:
+        self.pending: int | None = None  # buffer id attached since the last commit (0: null)
+        self.sdamage: list = []
+        self.bdamage: list = []
+        self.scale = 1
+        self.transform = 0
+        self.viewport = False
+        self.buffer = 0
+        self.history: dict[int, list | None] = {}  # buffer id -> damage it missed
+
+
+class GuestChannel(Channel):
+    local_dir = REQUEST
+
+    def __init__(self, owner: "GuestLink", ch: int, sock: socket.socket):
+        super().__init__(owner, ch, sock, window=owner.window, peer_window=owner.peer_window,
+                         name=f"client {ch}")
+        self.pools: dict[int, GuestPool] = {}    # wl_shm_pool id -> pool
+        self.buffers: dict[int, GuestBuffer] = {}
+        self.surfaces: dict[int, _Surface] = {}
+        self.next_key = 1
+        r = self.handlers[REQUEST]
+        r[("wl_shm", "create_pool")] = self.create_pool
+        r[("wl_shm_pool", "resize")] = self.pool_resize
+        r[("wl_shm_pool", "create_buffer")] = self.create_buffer
+        r[("wl_shm_pool", "destroy")] = self.pool_destroy
+        r[("wl_buffer", "destroy")] = self.buffer_destroy
+        r[("wl_compositor", "create_surface")] = self.create_surface
+        r[("wl_surface", "attach")] = self.attach
+        r[("wl_surface", "damage")] = self.damage
+        r[("wl_surface", "damage_buffer")] = self.damage_buffer
+        r[("wl_surface", "set_buffer_scale")] = self.set_scale
+        r[("wl_surface", "set_buffer_transform")] = self.set_transform
+        r[("wl_surface", "commit")] = self.commit
+        r[("wl_surface", "destroy")] = self.surface_destroy
+        r[("wp_viewporter", "get_viewport")] = self.get_viewport
+        proto = self.codec.tables.proto
+        for iface in proto.interfaces:  # pipes are bridged; any other fd cannot cross
+            for m in iface.requests:
+                if m.nfds and (iface.name, m.name) not in r:
+                    pipe = (iface.name, m.name) in bridges.PIPES
+                    r[(iface.name, m.name)] = self.pipe_request if pipe else self.unsupported_fd
+        self.intercept()
+        self.owner.writer.send(ch, link.frame(link.OPEN, ch, f"client {ch}".encode()))
+
+    # -- errors --------------------------------------------------------------
+    def local_error(self, rec: Record, text: str) -> None:
+        log.warning("%s: protocol error: %s", self.name, text)
+        self.client_error(rec.obj, rec.code, text)
+
+    def client_error(self, obj: int, code: int, text: str) -> None:
+        self.local.write(display_error(obj, code, text))
+        self.close(f"protocol error: {text}", notify=True, flush_local=True)
+
+    def remote_error(self, rec: Record, text: str) -> None:
+        log.error("%s: invalid event from the host: %s", self.name, text)
+        self.client_error(1, IMPLEMENTATION, f"wlproxy: invalid event from the host half: {text}")
+
+    def unsupported_fd(self, obj: int, data: memoryview, fds: list) -> None:
+        close_fds(fds)
+        info = self.codec.lookup(obj)
+        what = info.iface.name if info else "?"
+        self.client_error(1, INVALID_METHOD, f"{what}@{obj}: passing this fd to the host is not supported")
+
+    # -- shm -----------------------------------------------------------------
+    def create_pool(self, obj: int, data: memoryview, fds: list) -> None:
+        pool_id, size = struct.unpack_from("=Ii", data, 8)
+        fd = fds[0]
+        if size <= 0:
+            close_fds(fds)
+            self.client_error(obj, 1, f"invalid pool size {size}")  # wl_shm.error.invalid_stride
+            return
+        try:
+            pool = GuestPool(self.next_key, fd, size)
+        except (OSError, ValueError) as e:
+            close_fds(fds)
+            self.client_error(obj, 2, f"cannot map the pool: {e}")  # wl_shm.error.invalid_fd
+            return
+        self.next_key += 1
+        self.pools[pool_id] = pool
+        self.queue_frame(link.fd_shm_frame(self.ch, pool.key, size))
+        self.queue_data(data)
+
+    def pool_resize(self, obj: int, data: memoryview, fds: list) -> None:
+        (size,) = struct.unpack_from("=i", data, 8)
+        pool = self.pools.get(obj)
+        if pool is not None and size > pool.size:
+            try:
+                pool.resize(size)
+            except (OSError, ValueError) as e:
+                self.client_error(obj, 2, f"cannot remap the pool: {e}")
+                return
+        self.queue_data(data)
+
+    def create_buffer(self, obj: int, data: memoryview, fds: list) -> None:
+        bid, offset, width, height, stride, fmt = struct.unpack_from("=Iiiiii", data, 8)
+        pool = self.pools.get(obj)
+        if pool is not None:
+            pool.refs += 1
+            self.buffers[bid] = GuestBuffer(pool, offset, width, height, stride, fmt)
+        self.queue_data(data)
+
+    def _unref(self, pool: GuestPool) -> None:
+        pool.refs -= 1
+        if pool.refs == 0:
+            pool.release()
+            self.queue_frame(link.u32_frame(link.SHM_FORGET, self.ch, pool.key))
+
+    def pool_destroy(self, obj: int, data: memoryview, fds: list) -> None:
+        self.queue_data(data)
+        pool = self.pools.pop(obj, None)
+        if pool is not None:
+            pool.close_fd()  # no more resizes possible
+            self._unref(pool)
+
+    def buffer_destroy(self, obj: int, data: memoryview, fds: list) -> None:
+        self.queue_data(data)
+        buf = self.buffers.pop(obj, None)
+        if buf is not None:
+            for s in self.surfaces.values():
+                s.history.pop(obj, None)
+            self._unref(buf.pool)
+
+    # -- surfaces ------------------------------------------------------------
+    def create_surface(self, obj: int, data: memoryview, fds: list) -> None:
+        (sid,) = _U32.unpack_from(data, 8)
+        self.surfaces[sid] = _Surface()
+        self.queue_data(data)
+
+    def surface_destroy(self, obj: int, data: memoryview, fds: list) -> None:
+        self.surfaces.pop(obj, None)
+        self.queue_data(data)
+
+    def get_viewport(self, obj: int, data: memoryview, fds: list) -> None:
+        _, sid = struct.unpack_from("=II", data, 8)
+        s = self.surfaces.get(sid)
+        if s is not None:
+            s.viewport = True  # surface damage no longer maps simply onto the buffer
+        self.queue_data(data)
+
+    def attach(self, obj: int, data: memoryview, fds: list) -> None:
+        (bid,) = _U32.unpack_from(data, 8)
+        s = self.surfaces.get(obj)
+        if s is not None:
+            s.pending = bid
+        self.queue_data(data)
+
+    def damage(self, obj: int, data: memoryview, fds: list) -> None:
+        s = self.surfaces.get(obj)
+        if s is not None and len(s.sdamage) < 64:
+            s.sdamage.append(_I32x4.unpack_from(data, 8))
+        elif s is not None:
+            s.sdamage = [(0, 0, INT32_MAX, INT32_MAX)]
+        self.queue_data(data)
+
+    def damage_buffer(self, obj: int, data: memoryview, fds: list) -> None:
+        s = self.surfaces.get(obj)
+        if s is not None and len(s.bdamage) < 64:
+            s.bdamage.append(_I32x4.unpack_from(data, 8))
+        elif s is not None:
+            s.bdamage = [(0, 0, INT32_MAX, INT32_MAX)]
+        self.queue_data(data)
+
+    def set_scale(self, obj: int, data: memoryview, fds: list) -> None:
+        s = self.surfaces.get(obj)
+        if s is not None:
+            s.scale = max(1, struct.unpack_from("=i", data, 8)[0])
+        self.queue_data(data)
+
+    def set_transform(self, obj: int, data: memoryview, fds: list) -> None:
+        s = self.surfaces.get(obj)
+        if s is not None:
+            s.transform = struct.unpack_from("=i", data, 8)[0]
+        self.queue_data(data)
+
+    @staticmethod
+    def _clamp(v: int) -> int:
+        return max(-INT32_MAX - 1, min(INT32_MAX, v))
+
+    def _damage_region(self, s: _Surface) -> list | None:
+        """This commit's damage in buffer pixels, conservatively."""
+        region = [r for r in s.bdamage]
+        if s.sdamage:
+            if s.transform != 0 or s.viewport:
+                return FULL
+            k = s.scale
+            c = self._clamp
+            region += [(c(x * k), c(y * k), c(w * k), c(h * k)) for x, y, w, h in s.sdamage]
+        return region
+
+    def commit(self, obj: int, data: memoryview, fds: list) -> None:
+        s = self.surfaces.get(obj)
+        if s is not None:
+            attached = s.pending is not None
+            if attached:
+                s.buffer = s.pending or 0
+            damage = self._damage_region(s)
+            s.pending, s.sdamage, s.bdamage = None, [], []
+            buf = self.buffers.get(s.buffer) if s.buffer else None
+            if buf is not None and (attached or damage):
+                missed = s.history.get(s.buffer, FULL) if s.buffer in s.history else FULL
+                region = union(missed, damage)
+                for other, hist in s.history.items():
+                    if other != s.buffer:
+                        s.history[other] = union(hist, damage)
+                s.history[s.buffer] = []
+                self._send_pixels(buf, region)
+        self.queue_data(data)
+
+    def _send_pixels(self, buf: GuestBuffer, region) -> None:
+        t = self.owner.differ.transfer(buf, region)
+        if not t.spans:
+            return
+        total = sum(n for _, n in t.spans)
+        self.owner.stats_bytes += total
+        mm = t.pool.mm
+        key, ch = t.pool.key, self.ch
+
+        def job():
+            view = memoryview(mm)
+            try:
+                for off, n in t.spans:
+                    pos = 0
+                    while pos < n:
+                        k = min(SHM_CHUNK, n - pos)
+                        yield [link.shm_data_header(ch, key, off + pos, k), view[off + pos:off + pos + k]]
+                        pos += k
+            finally:
+                view.release()
+
+        self.queue_bulk(job(), total)
+
+    def pipe_request(self, obj: int, data: memoryview, fds: list) -> None:
+        pid = self.owner.pipes.export_sink(self.ch, fds[0])
+        self.queue_frame(link.u32_frame(link.FD_PIPE, self.ch, pid))
+        self.queue_data(data)
+
+    def release(self) -> None:
+        for pool in set(self.pools.values()) | {b.pool for b in self.buffers.values()}:
+            pool.release()
+        self.pools.clear()
+        self.buffers.clear()
+        self.surfaces.clear()
+
+
+class GuestLink(LinkSession):
+    side = "guest"
+    accept = frozenset({link.HELLO, link.ERROR, link.CLOSE, link.DATA, link.CREDIT, link.FD_KEYMAP,
+                        link.FD_PIPE, link.PIPE_DATA, link.PIPE_CLOSE, link.PIPE_CREDIT})
+    pipe_id_base = 1
+
+    def __init__(self, server: "GuestServer", fd: int, name: str):
+        super().__init__(server.loop, fd, name=name)
+        self.server = server
+        self.differ = server.differ
+        self.next_channel = 1
+        self.stats_bytes = 0
+        self.backlog: list[socket.socket] = []
+
+    def peer_pipe_id_ok(self, pid: int) -> bool:
+        return pid >= 0x80000000
+
+    def on_hello(self) -> None:
+        for s in self.backlog:
+            self.add_client(s)
+        self.backlog.clear()
+
+    def add_client(self, sock: socket.socket) -> None:
+        if not self.peer_window:
+            self.backlog.append(sock)
+            return
+        ch = self.next_channel
+        self.next_channel += 1
+        self.channels[ch] = GuestChannel(self, ch, sock)
+        log.info("client %d connected", ch)
+
+    def channel_for(self, f: link.Frame):
+        ch = self.channels.get(f.channel)
+        if ch is None and f.channel >= self.next_channel:
+            raise link.LinkError(f"frame for unknown channel {f.channel}")
+        return ch
+
+    def handle_frame(self, ch: GuestChannel, f: link.Frame) -> None:
+        if f.type == link.FD_KEYMAP:
+            fd = os.memfd_create("wlproxy-keymap", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            os.write(fd, f.payload)
+            ch.remote_fd(fd, ("keymap",))
+        else:
+            super().handle_frame(ch, f)
+
+    def link_lost(self, ch: GuestChannel, reason: str) -> None:
+        ch.local.write(display_error(1, IMPLEMENTATION, "wlproxy: the link to the host was lost"))
+        ch.close(f"link lost: {reason}", notify=False, flush_local=True)
+
+    def on_shutdown(self, reason: str) -> None:
+        for s in self.backlog:
+            s.close()
+        self.backlog.clear()
+        self.server.link_down(reason)
+
+
+class GuestServer:
+    """The listening socket, the link and its reconnection."""
+
+    def __init__(self, loop: Loop, listeners: list, endpoint: Endpoint, retry: float, differ: Differ):
+        self.loop = loop
+        self.listeners = listeners
+        self.endpoint = endpoint
+        self.retry = retry
+        self.differ = differ
+        self.link: GuestLink | None = None
+        for lst in listeners:
+            loop.add_reader(lst.fileno(), lambda lst=lst: self._accept(lst))
+        self._connect()
+
+    def _connect(self) -> None:
+        try:
+            fd = connect(self.endpoint)
+        except SocketError as e:
+            log.warning("link %s: %s; retrying in %.1fs", self.endpoint, e, self.retry)
+            self.loop.call_later(self.retry, self._connect)
+            return
+        self.link = GuestLink(self, fd, f"link {self.endpoint}")
+        log.info("connected to the host half at %s", self.endpoint)
+
+    def link_down(self, reason: str) -> None:
+        log.warning("link to the host half lost (%s); reconnecting", reason)
+        self.link = None
+        self.loop.call_later(self.retry, self._connect)
+
+    def _accept(self, lst) -> None:
+        try:
+            conn = lst.accept()
+        except OSError:
+            return
+        if isinstance(conn, tuple):
+            conn = conn[0]
+        if conn is None:
+            return
+        if self.link is None or self.link.closed:
+            conn.sendall(display_error(1, IMPLEMENTATION, "wlproxy: the host half is not reachable"))
+            conn.close()
+            return
+        self.link.add_client(conn)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        endpoint = parse(args.link)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    loop = Loop()
+    activated = activated_sockets()
+    owned: ListeningSocket | None = None
+    if activated:
+        listeners: list = activated
+        log.info("using %d socket(s) from socket activation", len(activated))
+    else:
+        try:
+            owned = ListeningSocket(args.socket)
+        except SocketError as e:
+            raise UserError(str(e)) from None
+        listeners = [owned]
+        log.info("listening on %s", owned.path)
+    differ = Differ()
+    differ.enabled = not args.no_diff
+    server = GuestServer(loop, listeners, endpoint, args.reconnect, differ)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: loop.stop())
+    try:
+        loop.run()
+    finally:
+        if server.link is not None:
+            server.link.shutdown("guest half stopping", violation=False)
+        if owned is not None:
+            owned.close()
+    return 0
+

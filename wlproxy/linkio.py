@@ -1,0 +1,233 @@
+"""The link at the IO edge: a fair frame writer and a reader feeding ``LinkDecoder``.
+
+Works on any stream fd: a Unix or vsock socket, or a virtio-console port.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from typing import Callable, Iterator
+
+from wlproxy.link import LinkDecoder, LinkError, ShmChunk
+from wlproxy.loop import Loop
+
+log = logging.getLogger("wlproxy.link")
+
+GATHER_BYTES = 1 << 18  # per writev
+IOV_MAX = 512
+
+Bulk = Iterator[list]  # yields lists of buffers making up one or more whole frames
+
+
+class LinkWriter:
+    """Queues frames per channel and sends them round-robin, so one client's
+    bulk pixels cannot starve another's small messages.  Frames never
+    interleave: a partially written frame is finished first."""
+
+    def __init__(self, loop: Loop, fd: int, on_error: Callable[[str], None]):
+        self.loop = loop
+        self.fd = fd
+        self.on_error = on_error
+        self._queues: dict[int, collections.deque] = {}
+        self._ready: collections.deque[int] = collections.deque()  # channels with queued items
+        self._urgent: collections.deque[bytes] = collections.deque()
+        self._inflight: list[memoryview] = []
+        self.queued_bytes = 0
+        self.closed = False
+        self._waiting = False
+        self.on_drain: Callable[[], None] | None = None
+
+    def send_urgent(self, data: bytes) -> None:
+        """Control frames (credits, hello, close) go ahead of channel traffic."""
+        self._urgent.append(data)
+        self.queued_bytes += len(data)
+        self._kick()
+
+    def send(self, channel: int, data: bytes) -> None:
+        q = self._queues.get(channel)
+        if q is None:
+            q = self._queues[channel] = collections.deque()
+        if not q:
+            self._ready.append(channel)
+        q.append(data)
+        self.queued_bytes += len(data)
+        self._kick()
+
+    def send_bulk(self, channel: int, job: Bulk, size: int) -> None:
+        """A lazily produced sequence of frames (e.g. pixels read from a
+        mapped buffer only when the link can take them)."""
+        q = self._queues.get(channel)
+        if q is None:
+            q = self._queues[channel] = collections.deque()
+        if not q:
+            self._ready.append(channel)
+        q.append((job, size))
+        self.queued_bytes += size
+        self._kick()
+
+    def drop_channel(self, channel: int) -> None:
+        q = self._queues.pop(channel, None)
+        if q:
+            for item in q:
+                self.queued_bytes -= len(item) if isinstance(item, bytes) else item[1]
+            try:
+                self._ready.remove(channel)
+            except ValueError:
+                pass
+
+    def _kick(self) -> None:
+        if not self._waiting and not self.closed:
+            self._flush()
+
+    def _gather(self) -> list:
+        bufs: list = self._inflight
+        total = sum(len(b) for b in bufs)
+        while self._urgent and total < GATHER_BYTES and len(bufs) < IOV_MAX:
+            b = self._urgent.popleft()
+            self.queued_bytes -= len(b)
+            bufs.append(memoryview(b))
+            total += len(b)
+        ready = self._ready
+        while ready and total < GATHER_BYTES and len(bufs) < IOV_MAX - 8:
+            ch = ready.popleft()
+            q = self._queues[ch]
+            item = q[0]
+            if isinstance(item, bytes):
+                q.popleft()
+                self.queued_bytes -= len(item)
+                bufs.append(memoryview(item))
+                total += len(item)
+            else:
+                job, size = item
+                part = next(job, None)
+                if part is None:
+                    q.popleft()
+                    self.queued_bytes -= size
+                else:
+                    n = sum(len(b) for b in part)
+                    item_size = max(0, size - n)
+                    q[0] = (job, item_size)
+                    self.queued_bytes -= size - item_size
+                    bufs.extend(memoryview(b) for b in part)
+                    total += n
+            if q:
+                ready.append(ch)
+        return bufs
+
+    def _flush(self) -> None:
+        while not self.closed:
+            bufs = self._gather()
+            if not bufs:
+                break
+            try:
+                n = os.writev(self.fd, bufs)
+            except (BlockingIOError, InterruptedError):
+                self._inflight = bufs
+                self._wait()
+                return
+            except OSError as e:
+                self.closed = True
+                self.on_error(f"link write failed: {e.strerror}")
+                return
+            # keep what was not written, in order
+            rest: list[memoryview] = []
+            for b in bufs:
+                if n >= len(b):
+                    n -= len(b)
+                    continue
+                rest.append(b[n:] if n else b)
+                n = 0
+            self._inflight = rest
+            if rest:
+                self._wait()
+                return
+        if self._waiting:
+            self._waiting = False
+            self.loop.remove_writer(self.fd)
+        if self.on_drain is not None:
+            self.on_drain()
+
+    def _wait(self) -> None:
+        if not self._waiting:
+            self._waiting = True
+            self.loop.add_writer(self.fd, self._writable)
+
+    def _writable(self) -> None:
+        self._waiting = False
+        self.loop.remove_writer(self.fd)
+        self._flush()
+
+    @property
+    def idle(self) -> bool:
+        return not (self._inflight or self._urgent or self._ready)
+
+
+class LinkReader:
+    """Reads the link fd and feeds the decoder; SHM payloads whose target
+    the owner can resolve are received straight into the pool mapping."""
+
+    def __init__(self, loop: Loop, fd: int, decoder: LinkDecoder,
+                 on_events: Callable[[list], None], on_error: Callable[[str], None],
+                 resolve: Callable[[int, int, int, int], memoryview | None] | None = None,
+                 bufsize: int = 1 << 18):
+        self.loop = loop
+        self.fd = fd
+        self.decoder = decoder
+        self.on_events = on_events
+        self.on_error = on_error
+        self.resolve = resolve
+        self.buf = bytearray(bufsize)
+        self.view = memoryview(self.buf)
+        self.closed = False
+        self.bytes_in = 0
+        loop.add_reader(fd, self._readable)
+
+    def pause(self) -> None:
+        self.loop.remove_reader(self.fd)
+
+    def resume(self) -> None:
+        if not self.closed:
+            self.loop.add_reader(self.fd, self._readable)
+
+    def _readable(self) -> None:
+        if self.closed:
+            return
+        try:
+            target = self.decoder.direct_target() if self.resolve else None
+            if target is not None and target[3] >= 4096:
+                dest = self.resolve(*target)  # type: ignore[misc]
+                if dest is not None:
+                    n = os.readv(self.fd, [dest])
+                    if n == 0:
+                        self._eof()
+                        return
+                    self.bytes_in += n
+                    self.decoder.advance_direct(n)
+                    return
+            n = os.readv(self.fd, [self.view])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.closed = True
+            self.on_error(f"link read failed: {e.strerror}")
+            return
+        if n == 0:
+            self._eof()
+            return
+        self.bytes_in += n
+        try:
+            events = self.decoder.feed(self.view[:n])
+        except LinkError as e:
+            self.closed = True
+            self.on_error(str(e))
+            return
+        self.on_events(events)
+
+    def _eof(self) -> None:
+        self.closed = True
+        self.on_error("link closed by peer")
+
+
+__all__ = ["LinkWriter", "LinkReader", "ShmChunk"]
