@@ -208,6 +208,10 @@ static int check(struct wlc_conn *c, int dir, const uint8_t *p, uint32_t size,
     uint32_t opcode = rd32(p + 4) & 0xffff;
     struct wlc_obj *o = lookup(c, id);
     const char *dirname = dir == WLC_REQUEST ? "request" : "event";
+    /* Error codes follow libwayland's server: an unknown or destroyed target
+     * object is invalid_object; everything else (bad opcode, version, size,
+     * arguments, including bad object and new_id arguments) is
+     * invalid_method; both are posted on wl_display@1. */
     *err_obj = 1;
     *iface_out = WLC_NO_IFACE;
     *nfds_out = 0;
@@ -286,7 +290,7 @@ static int check(struct wlc_conn *c, int dir, const uint8_t *p, uint32_t size,
             }
             struct wlc_obj *ao = lookup(c, v);
             if (!ao || (dir == WLC_REQUEST && ao->state == WLC_OBJ_ZOMBIE))
-                return fail(c, WLC_ERR_INVALID_OBJECT, "%s@%u %s %u: argument %u: invalid object %u",
+                return fail(c, WLC_ERR_INVALID_METHOD, "%s@%u %s %u: argument %u: invalid object %u",
                             ifc->name, id, dirname, opcode, i, v);
             if (a->iface != WLC_NO_IFACE && ao->iface != a->iface)
                 return fail(c, WLC_ERR_INVALID_METHOD,
@@ -302,10 +306,18 @@ static int check(struct wlc_conn *c, int dir, const uint8_t *p, uint32_t size,
                 /* string interface, uint version, then the id */
                 uint32_t slen = v;
                 uint32_t padded = (slen + 3u) & ~3u;
-                if (slen == 0 || slen > size || padded > size - off || p[off + slen - 1] != 0)
+                if (slen == 0)
                     return fail(c, WLC_ERR_INVALID_METHOD,
-                                "%s@%u %s %u: argument %u: bad interface name", ifc->name, id,
-                                dirname, opcode, i);
+                                "%s@%u %s %u: argument %u: null string not allowed (interface name)",
+                                ifc->name, id, dirname, opcode, i);
+                if (slen > size || padded > size - off)
+                    return fail(c, WLC_ERR_INVALID_METHOD,
+                                "%s@%u %s %u: argument %u: string length %u runs past the message end",
+                                ifc->name, id, dirname, opcode, i, slen);
+                if (p[off + slen - 1] != 0)
+                    return fail(c, WLC_ERR_INVALID_METHOD,
+                                "%s@%u %s %u: argument %u: string not NUL-terminated", ifc->name,
+                                id, dirname, opcode, i);
                 int found = wlc_iface_by_name(t, (const char *)p + off, slen - 1);
                 if (found < 0)
                     return fail(c, WLC_ERR_INVALID_METHOD,
@@ -329,18 +341,18 @@ static int check(struct wlc_conn *c, int dir, const uint8_t *p, uint32_t size,
             if (v == 0) {
                 if (a->flags & WLC_ARG_NULLABLE)
                     break;
-                return fail(c, WLC_ERR_INVALID_OBJECT, "%s@%u %s %u: argument %u: new id 0",
+                return fail(c, WLC_ERR_INVALID_METHOD, "%s@%u %s %u: argument %u: new id 0",
                             ifc->name, id, dirname, opcode, i);
             }
             int client_range = v < WLC_SERVER_ID_START;
             if ((dir == WLC_REQUEST) != client_range)
-                return fail(c, WLC_ERR_INVALID_OBJECT,
+                return fail(c, WLC_ERR_INVALID_METHOD,
                             "%s@%u %s %u: new id %u is outside the %s's id range", ifc->name, id,
                             dirname, opcode, v, dir == WLC_REQUEST ? "client" : "server");
             uint32_t idx;
             struct objmap *mp = map_for(c, v, &idx);
             if (idx > mp->count)
-                return fail(c, WLC_ERR_INVALID_OBJECT,
+                return fail(c, WLC_ERR_INVALID_METHOD,
                             "%s@%u %s %u: new id %u is not the next free id (%u)", ifc->name,
                             id, dirname, opcode, v,
                             client_range ? mp->count : mp->count + WLC_SERVER_ID_START);
@@ -348,7 +360,7 @@ static int check(struct wlc_conn *c, int dir, const uint8_t *p, uint32_t size,
             for (uint32_t k = 0; k < nnew; k++)
                 in_use |= news[k].id == v;
             if (in_use && dir == WLC_REQUEST)
-                return fail(c, WLC_ERR_INVALID_OBJECT, "%s@%u %s %u: new id %u is already in use",
+                return fail(c, WLC_ERR_INVALID_METHOD, "%s@%u %s %u: new id %u is already in use",
                             ifc->name, id, dirname, opcode, v);
             if (nnew == MAX_NEW)
                 return fail(c, WLC_ERR_IMPLEMENTATION, "too many new ids in one message");
