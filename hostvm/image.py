@@ -37,7 +37,8 @@ from hostvm.kmod import ModuleError, ModuleIndex, read_module
 log = logging.getLogger("hostvm.image")
 
 FORMAT = 1  # bump when the image layout changes, to force rebuilds
-MODULES = ["virtio_pci", "virtio_mmio", "virtio_console", "9pnet_virtio", "9p"]
+MODULES = ["virtio_pci", "virtio_mmio", "virtio_console", "9pnet_virtio", "9p",
+           "button", "evdev"]  # the ACPI power button, seen by the runner through evdev
 KERNEL_RE = re.compile(r"^linux-image-6\.1\.\d+-\d+-amd64$")
 BUSYBOX_CANDIDATES = [Path("/bin/busybox"), Path("/usr/bin/busybox")]
 RUNNER_SOURCE = Path(__file__).with_name("guestrun.py")
@@ -316,10 +317,10 @@ def build_image(cache_dir: Path | None = None, *, force: bool = False, deb: Path
 
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``wlproxy vm image build``."""
-    parser.add_argument("--cache-dir", type=Path, default=None,
+    parser.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                         help="where downloads and images are kept (default: $XDG_CACHE_HOME/wlproxy/guest)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a cached image matches")
-    parser.add_argument("--kernel-deb", type=Path, default=None,
+    parser.add_argument("--kernel-deb", type=Path, default=None, metavar="DEB",
                         help="use this linux-image-6.1.*-amd64 .deb instead of downloading one")
 
 

@@ -3,16 +3,17 @@ virtio port lookup, the s6 guest service, and the image build (fake and real ker
 
 from __future__ import annotations
 
+import base64
 import json
 import lzma
 import os
 import shutil
-import socket
 import stat
 import struct
 import subprocess
 import sys
 import textwrap
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -153,7 +154,7 @@ FAKE_DEPS = {
     "virtio_pci": ["virtio_ring", "virtio", "virtio_pci_modern_dev"],
     "virtio_mmio": ["virtio_ring", "virtio"], "virtio_console": ["virtio_ring", "virtio"],
     "9pnet": [], "9pnet_virtio": ["9pnet", "virtio_ring", "virtio"], "netfs": [],
-    "9p": ["9pnet", "netfs", "crc32c_generic"],
+    "9p": ["9pnet", "netfs", "crc32c_generic"], "button": [], "evdev": [],
 }
 
 
@@ -178,7 +179,7 @@ def test_load_order_from_modinfo(tmp_path):
     assert set(order) == set(FAKE_DEPS) - {"virtio_pci_legacy_dev"}
     assert len(order) == len(set(order))
     assert_dependency_order(order, FAKE_DEPS)
-    assert order.index("9p") == len(order) - 1  # asked for last, needed by nothing
+    assert order[-3:] == ["9p", "button", "evdev"]  # asked for last, needed by nothing
 
 
 def test_load_order_prefers_modules_dep(tmp_path):
@@ -251,38 +252,82 @@ def test_bad_specs_are_refused(spec):
 
 def test_too_long_command_is_refused():
     with pytest.raises(ValueError, match="too long"):
-        guestinit.guest_cmdline(["echo", "x" * 2000])
+        guestinit.guest_cmdline(["echo", base64.b64encode(os.urandom(1600)).decode()])
 
 
 def test_runner_starts_guest_half_first(tmp_path):
     """The runner waits for the guest half's socket, sets WAYLAND_DISPLAY, stops it afterwards."""
     guest = textwrap.dedent("""
-        import os, signal, socket, sys
+        import os, signal, socket, sys, time
         s = socket.socket(socket.AF_UNIX)
         s.bind(os.path.join(os.environ["XDG_RUNTIME_DIR"], "wayland-t"))
+        time.sleep(0.3)  # bound but not yet listening: the runner must keep waiting
         s.listen(4)
         signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
-        while True:
-            s.accept()[0].close()
+        c = s.accept()[0]  # the first connection must be the client's, not a readiness probe
+        c.sendall(b"first")
+        c.recv(1)
     """)
     client = textwrap.dedent("""
         import os, socket, sys
         assert os.environ["WAYLAND_DISPLAY"] == "wayland-t" and os.environ["FOO"] == "bar"
-        socket.socket(socket.AF_UNIX).connect(os.path.join(os.environ["XDG_RUNTIME_DIR"], "wayland-t"))
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(os.path.join(os.environ["XDG_RUNTIME_DIR"], "wayland-t"))
+        assert c.recv(5) == b"first"
         sys.exit(5)
     """)
     spec = {"argv": [sys.executable, "-c", client], "env": {"FOO": "bar"},
             "guest": {"argv": [sys.executable, "-c", guest], "display": "wayland-t", "timeout": 10}}
     base = {**guestrun.BASE_ENV, "XDG_RUNTIME_DIR": str(tmp_path / "rt")}
-    assert guestrun.run(spec, base) == 5
+    assert guestrun.run(spec, base, power_button=str(tmp_path / "no-input")) == 5
     assert stat.S_IMODE((tmp_path / "rt").stat().st_mode) == 0o700
 
 
 def test_runner_reports_guest_half_failure(tmp_path):
     spec = {"argv": ["true"], "guest": {"argv": [sys.executable, "-c", "raise SystemExit(4)"], "timeout": 10}}
-    assert guestrun.run(spec, {**guestrun.BASE_ENV, "XDG_RUNTIME_DIR": str(tmp_path)}) == 126
-    assert guestrun.run({"argv": [str(tmp_path / "nonexistent")]},
-                        {**guestrun.BASE_ENV, "XDG_RUNTIME_DIR": str(tmp_path)}) == 127
+    base = {**guestrun.BASE_ENV, "XDG_RUNTIME_DIR": str(tmp_path)}
+    assert guestrun.run(spec, base, power_button=str(tmp_path / "no-input")) == 126
+    assert guestrun.run({"argv": [str(tmp_path / "nonexistent")]}, base, str(tmp_path / "no-input")) == 127
+
+
+def test_unix_listening_reads_proc_net_unix(tmp_path):
+    table = tmp_path / "unix"
+    table.write_text(
+        "Num       RefCount Protocol Flags    Type St Inode Path\n"
+        "0000000000000000: 00000002 00000000 00010000 0001 01 100 /run/user/0/wayland-0\n"
+        "0000000000000000: 00000002 00000000 00000000 0001 01 101 /run/user/0/wayland-1\n"
+        "0000000000000000: 00000002 00000000 00010000 0001 01 102 wayland-2\n"
+        "0000000000000000: 00000003 00000000 00000000 0001 03 103\n")
+    assert guestrun.unix_listening("/run/user/0/wayland-0", str(table))
+    assert not guestrun.unix_listening("/run/user/0/wayland-1", str(table)), "bound, not listening"
+    assert guestrun.unix_listening("/run/user/0/wayland-2", str(table)), "bound by a relative path"
+    assert not guestrun.unix_listening("/run/user/0/wayland-3", str(table))
+    assert guestrun.unix_listening("/x", str(tmp_path / "absent")) is None
+
+
+def test_power_button_stops_the_command(tmp_path):
+    """KEY_POWER on an input device (here a FIFO) terminates the running command: status 128+15."""
+    fifo = tmp_path / "event0"
+    os.mkfifo(fifo)
+    spec = {"argv": [sys.executable, "-c", "import time; open('%s', 'w').close(); time.sleep(60)"
+                     % (tmp_path / "started")]}
+    base = {**guestrun.BASE_ENV, "XDG_RUNTIME_DIR": str(tmp_path)}
+    import threading
+
+    def press() -> None:
+        with open(fifo, "wb") as f:  # opens once the runner has opened the FIFO for reading
+            for _ in range(200):
+                if (tmp_path / "started").exists():
+                    break
+                time.sleep(0.05)
+            f.write(guestrun.INPUT_EVENT.pack(0, 0, 4, 4, 0))  # EV_MSC noise
+            f.write(guestrun.INPUT_EVENT.pack(0, 0, guestrun.EV_KEY, guestrun.KEY_POWER, 1))
+    t = threading.Thread(target=press)
+    t.start()
+    t0 = time.monotonic()
+    assert guestrun.run(spec, base, power_button=str(fifo)) == 128 + 15
+    assert time.monotonic() - t0 < 30
+    t.join()
 
 
 # -- virtio port lookup ----------------------------------------------------------------------------

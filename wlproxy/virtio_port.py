@@ -66,3 +66,28 @@ def wait_virtio_port(name: str, timeout: float = 10.0, *, sys_root: Path = SYSFS
                 raise
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 0.2)
+
+
+def wait_host_connected(fd: int, timeout: float) -> bool:
+    """Wait until the host side of an open port is connected; False after ``timeout`` s.
+
+    While no host program is attached to the port's socket, the guest driver
+    reports POLLHUP and ``read()`` returns 0 at once (not end of stream for
+    good): a guest must wait for the host rather than treat that as EOF. The
+    driver has no event for the host attaching, so this polls.
+    """
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        events = poller.poll(0)
+        if events and not events[0][1] & select.POLLHUP:
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 0.1)
