@@ -304,12 +304,12 @@ class GuestLink(LinkSession):
     pipe_id_base = 1
 
     def __init__(self, server: "GuestServer", fd: int, name: str):
-        super().__init__(server.loop, fd, name=name)
         self.server = server
         self.differ = server.differ
         self.next_channel = 1
         self.stats_bytes = 0
         self.backlog: list[socket.socket] = []
+        super().__init__(server.loop, fd, name=name)
 
     def peer_pipe_id_ok(self, pid: int) -> bool:
         return pid >= 0x80000000
@@ -374,8 +374,10 @@ class GuestServer:
             log.warning("link %s: %s; retrying in %.1fs", self.endpoint, e, self.retry)
             self.loop.call_later(self.retry, self._connect)
             return
-        self.link = GuestLink(self, fd, f"link {self.endpoint}")
-        log.info("connected to the host half at %s", self.endpoint)
+        lk = GuestLink(self, fd, f"link {self.endpoint}")
+        if not lk.closed:
+            self.link = lk
+            log.info("connected to the host half at %s", self.endpoint)
 
     def link_down(self, reason: str) -> None:
         log.warning("link to the host half lost (%s); reconnecting", reason)

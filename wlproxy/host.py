@@ -293,11 +293,11 @@ class HostLink(LinkSession):
     pipe_id_base = 0x80000000
 
     def __init__(self, server: "HostServer", fd: int, n: int):
-        super().__init__(server.loop, fd, name=f"{server.vm} link {n}", vm=server.vm)
         self.server = server
         self.limits_host = server.limits
         self.last_opened = 0
         self.pool_bytes = 0
+        super().__init__(server.loop, fd, name=f"{server.vm} link {n}", vm=server.vm)
 
     def peer_pipe_id_ok(self, pid: int) -> bool:
         return 0 < pid < 0x80000000
@@ -409,8 +409,10 @@ class HostServer:
     def _start(self, conn: socket.socket) -> None:
         self.count += 1
         fd = accepted(conn)
-        self.links.add(HostLink(self, fd, self.count))
-        log.info("VM %s: link %d accepted", self.vm, self.count)
+        lk = HostLink(self, fd, self.count)
+        if not lk.closed:
+            self.links.add(lk)
+            log.info("VM %s: link %d accepted", self.vm, self.count)
 
     def link_closed(self, lk: HostLink) -> None:
         self.links.discard(lk)

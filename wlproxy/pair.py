@@ -1,0 +1,183 @@
+"""Run the two halves as separate processes, as in a deployment: the host
+half in front of a weston, the guest half listening for clients, joined by a
+Unix-socket link named like cloud-hypervisor's hybrid vsock socket.
+
+Used by the tests, ``wlproxy bench`` and the README demo.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+PORT = 6000
+
+
+def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}\n{tail}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not ready after {timeout}s")
+        time.sleep(0.01)
+
+
+def _connectable(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def wlproxy_command() -> list[str]:
+    return [sys.executable, "-m", "wlproxy"]
+
+
+def _env_with_source(env: Mapping[str, str]) -> dict[str, str]:
+    out = dict(env)
+    root = str(Path(__file__).resolve().parent.parent)
+    pp = out.get("PYTHONPATH", "")
+    if root not in pp.split(os.pathsep):
+        out["PYTHONPATH"] = os.pathsep.join(p for p in (root, pp) if p)
+    return out
+
+
+class HostHalf:
+    """``wlproxy host`` listening on ``<run_dir>/vsock_<port>``."""
+
+    def __init__(self, compositor_env: Mapping[str, str], run_dir: Path, vm: str = "testvm", *,
+                 port: int = PORT, extra: Sequence[str] = (), log_path: Path | None = None):
+        self.env = _env_with_source(compositor_env)
+        self.run_dir = Path(run_dir)
+        self.vm = vm
+        self.link_path = self.run_dir / f"vsock_{port}"
+        self.extra = list(extra)
+        self.log_path = log_path or self.run_dir / f"host-{vm}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> "HostHalf":
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = wlproxy_command() + ["-v", "host", "--listen", str(self.link_path), "--vm", self.vm, *self.extra]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        _wait_for(lambda: _connectable(self.link_path), timeout, "host half", self.proc, self.log_path)
+        return self
+
+    def stop(self) -> int | None:
+        rc = _stop(self.proc)
+        self._log.close()
+        return rc
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+class GuestHalf:
+    """``wlproxy guest`` with its own XDG_RUNTIME_DIR, linked to ``link_path``."""
+
+    def __init__(self, link_path: Path, runtime_dir: Path, display: str = "wayland-0", *,
+                 extra: Sequence[str] = (), log_path: Path | None = None, link: str | None = None):
+        self.link = link or f"unix:{link_path}"
+        self.runtime_dir = Path(runtime_dir)
+        self.display = display
+        self.extra = list(extra)
+        self.log_path = log_path or self.runtime_dir.parent / f"guest-{self.runtime_dir.name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.runtime_dir / self.display
+
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Environment for a client inside the 'guest'."""
+        out = dict(os.environ if base is None else base)
+        out.update(XDG_RUNTIME_DIR=str(self.runtime_dir), WAYLAND_DISPLAY=self.display)
+        out.pop("WAYLAND_SOCKET", None)
+        return _env_with_source(out)
+
+    def start(self, timeout: float = 10.0) -> "GuestHalf":
+        self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        cmd = wlproxy_command() + ["-v", "guest", "--link", self.link, "--socket", self.display, *self.extra]
+        self._log = open(self.log_path, "ab")
+        env = self.env()
+        env.pop("WAYLAND_DISPLAY", None)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        _wait_for(lambda: _connectable(self.socket_path), timeout, "guest half", self.proc, self.log_path)
+        return self
+
+    def stop(self) -> int | None:
+        rc = _stop(self.proc)
+        self._log.close()
+        return rc
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+def _stop(proc: subprocess.Popen | None, timeout: float = 5.0) -> int | None:
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+class ProxyPair:
+    """Host half + guest half for one weston; a context manager.
+
+    ``pair.env()`` is the environment for a client 'inside the VM'.
+    """
+
+    def __init__(self, compositor_env: Mapping[str, str], base_dir: Path | None = None, vm: str = "testvm",
+                 host_extra: Sequence[str] = (), guest_extra: Sequence[str] = ()):
+        self._tmp = None
+        if base_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="wlproxy-pair-")
+            base_dir = Path(self._tmp.name)
+        self.base = Path(base_dir)
+        self.host = HostHalf(compositor_env, self.base / "run" / "vm" / vm, vm, extra=host_extra,
+                             log_path=self.base / "host.log")
+        self.guest = GuestHalf(self.host.link_path, self.base / "guest-runtime", extra=guest_extra,
+                               log_path=self.base / "guest.log")
+
+    def start(self) -> "ProxyPair":
+        self.host.start()
+        try:
+            self.guest.start()
+        except Exception:
+            self.host.stop()
+            raise
+        return self
+
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        return self.guest.env(base)
+
+    def stop(self) -> None:
+        self.guest.stop()
+        self.host.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> "ProxyPair":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
