@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import struct
 
@@ -421,8 +420,7 @@ def run(args: argparse.Namespace) -> int:
     differ = Differ()
     differ.enabled = not args.no_diff
     server = GuestServer(loop, listeners, endpoint, args.reconnect, differ)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: loop.stop())
+    loop.stop_on_signals()
     try:
         loop.run()
     finally:

@@ -13,7 +13,6 @@ import argparse
 import logging
 import mmap
 import os
-import signal
 import socket
 import struct
 from dataclasses import dataclass
@@ -427,8 +426,7 @@ def run(args: argparse.Namespace) -> int:
     loop = Loop()
     server = HostServer(loop, sock, args.vm, args.display, HostLimits())
     log.info("VM %s: host half listening on %s, compositor %s", args.vm, ep, args.display or os.environ.get("WAYLAND_DISPLAY", "wayland-0"))
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: loop.stop())
+    loop.stop_on_signals()
     try:
         loop.run()
     finally:

@@ -170,6 +170,7 @@ class LinkReader:
 
     def __init__(self, loop: Loop, fd: int, decoder: LinkDecoder,
                  on_events: Callable[[list], None], on_error: Callable[[str], None],
+                 on_violation: Callable[[str], None],
                  resolve: Callable[[int, int, int, int], memoryview | None] | None = None,
                  bufsize: int = 1 << 18):
         self.loop = loop
@@ -177,6 +178,7 @@ class LinkReader:
         self.decoder = decoder
         self.on_events = on_events
         self.on_error = on_error
+        self.on_violation = on_violation
         self.resolve = resolve
         self.buf = bytearray(bufsize)
         self.view = memoryview(self.buf)
@@ -221,7 +223,7 @@ class LinkReader:
             events = self.decoder.feed(self.view[:n])
         except LinkError as e:
             self.closed = True
-            self.on_error(str(e))
+            self.on_violation(str(e))
             return
         self.on_events(events)
 

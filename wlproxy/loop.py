@@ -5,7 +5,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import select
+import signal
 import time
 from typing import Callable
 
@@ -35,6 +37,7 @@ class Loop:
         self._seq = itertools.count()
         self._soon: list[Callback] = []
         self._running = False
+        self.signalled = False
 
     def _update(self, fd: int) -> None:
         mask = (select.EPOLLIN if fd in self._readers else 0) | (select.EPOLLOUT if fd in self._writers else 0)
@@ -86,6 +89,28 @@ class Loop:
     def stop(self) -> None:
         self._running = False
 
+    def stop_on_signals(self, *signums: int) -> None:
+        """Stop the loop on these signals (default SIGINT, SIGTERM), waking it
+        from epoll through a pipe (a Python signal handler alone would not)."""
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        self._wakeup = (r, w)
+        def on_signal(*_: object) -> None:
+            self.signalled = True
+            self.stop()
+
+        for sig in signums or (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, on_signal)
+
+        def drain() -> None:
+            try:
+                while os.read(r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+
+        self.add_reader(r, drain)
+
     def _run_callback(self, cb: Callback) -> None:
         try:
             cb()
@@ -123,4 +148,9 @@ class Loop:
             self.run_once()
 
     def close(self) -> None:
+        if getattr(self, "_wakeup", None):
+            signal.set_wakeup_fd(-1)
+            for fd in self._wakeup:
+                os.close(fd)
+            self._wakeup = None
         self._ep.close()

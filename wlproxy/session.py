@@ -39,7 +39,8 @@ class LinkSession:
         self.closed = False
         self.writer = LinkWriter(loop, fd, self._io_error)
         self.decoder = link.LinkDecoder(self.limits, accept=self.accept)
-        self.reader = LinkReader(loop, fd, self.decoder, self._events, self._io_error, resolve=self.resolve_shm)
+        self.reader = LinkReader(loop, fd, self.decoder, self._events, self._io_error, self.fail,
+                                 resolve=self.resolve_shm)
         self.pipes = Pipes(loop, self._send_pipe, self.pipe_id_base)
         self.writer.send_urgent(link.hello_frame(window, f"wlproxy {self.side}"))
 

@@ -13,7 +13,6 @@ import collections
 import fnmatch
 import logging
 import os
-import signal
 import subprocess
 import sys
 from typing import TextIO
@@ -28,6 +27,8 @@ from wlproxy.relay import display_error, pump
 from wlproxy.wlsocket import ListeningSocket, SocketError, connect_display
 
 log = logging.getLogger("wlproxy.trace")
+
+CLIENT_EXIT_GRACE = 5.0  # seconds a client command may run on after its connection ended
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -207,8 +208,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("tracing on %s", listen.path)
     status = 0
     proc = None
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: loop.stop())
+    loop.stop_on_signals()
     if client:
         env = dict(os.environ, WAYLAND_DISPLAY=str(listen.path))
         env.pop("WAYLAND_SOCKET", None)
@@ -233,6 +233,13 @@ def run(args: argparse.Namespace) -> int:
             s.up.close("trace stopped")
         listen.close()
         if proc is not None:
+            if proc.poll() is None and not loop.signalled:
+                # --once ended the trace with the client's connection: let the
+                # client finish on its own (wayland-info prints after it disconnects)
+                try:
+                    proc.wait(CLIENT_EXIT_GRACE)
+                except subprocess.TimeoutExpired:
+                    pass
             if proc.poll() is None:
                 proc.terminate()
             status = proc.wait()

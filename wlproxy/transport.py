@@ -13,8 +13,8 @@ import os
 import socket
 import stat
 from dataclasses import dataclass
-from pathlib import Path
 
+from wlproxy.virtio_port import PortNotFound, wait_host_connected, wait_virtio_port
 from wlproxy.wlsocket import SocketError, listen_unix
 
 VSOCK_HOST_CID = 2
@@ -45,23 +45,6 @@ def parse(spec: str, *, listening: bool = False) -> Endpoint:
     return Endpoint(kind, value)
 
 
-def find_virtio_port(name: str, sys_root: Path = Path("/sys"), dev_root: Path = Path("/dev")) -> Path:
-    """``/dev/virtio-ports/NAME``, or without udev the ``/dev/vportNpM`` whose
-    sysfs name is NAME."""
-    link = dev_root / "virtio-ports" / name
-    if link.exists():
-        return link
-    base = sys_root / "class" / "virtio-ports"
-    if base.is_dir():
-        for port in sorted(base.iterdir()):
-            try:
-                if (port / "name").read_text().strip() == name:
-                    return dev_root / port.name
-            except OSError:
-                continue
-    raise SocketError(f"no virtio-console port named {name!r} (looked in {link} and {base})")
-
-
 def connect(ep: Endpoint) -> int:
     """Connect (guest side) and return a non-blocking fd the caller owns."""
     if ep.kind == "unix":
@@ -81,11 +64,18 @@ def connect(ep: Endpoint) -> int:
             s.close()
             raise SocketError(f"cannot connect to {ep} (host CID {VSOCK_HOST_CID}): {e.strerror}") from None
     elif ep.kind == "virtio-port":
-        path = find_virtio_port(ep.value)
+        try:
+            path = wait_virtio_port(ep.value, timeout=5.0)
+        except (PortNotFound, ValueError) as e:
+            raise SocketError(str(e)) from None
         try:
             fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
         except OSError as e:
             raise SocketError(f"cannot open {path}: {e.strerror}") from None
+        # until the host attaches, reads return 0 at once: wait rather than spin
+        if not wait_host_connected(fd, timeout=5.0):
+            os.close(fd)
+            raise SocketError(f"{path}: the host side of the port is not connected")
         return fd
     else:
         raise SocketError(f"cannot connect to {ep}")
