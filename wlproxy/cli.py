@@ -11,6 +11,7 @@ from wlproxy import __version__
 
 # subcommand -> module providing ``add_arguments(parser)`` and ``run(args) -> int``
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("wlproxy.demo", "run weston, both halves and a real client on this machine, and show what crossed"),
     "trace": ("wlproxy.trace", "transparent proxy that prints every message (WAYLAND_DEBUG format)"),
     "guest": ("wlproxy.guest", "guest half: Wayland compositor inside the appvm, forwarding over a link"),
     "host": ("wlproxy.host", "host half: accepts a VM's link and talks to weston, filtering everything"),
