@@ -165,8 +165,15 @@ int wlc_iface_by_name(const struct wlc_tables *t, const char *name, uint32_t len
         uint32_t mid = (lo + hi) / 2;
         const char *n = t->ifaces[t->by_name[mid]].name;
         int r = strncmp(n, name, len);
-        if (r == 0 && n[len] != '\0')
-            r = 1;
+        if (r == 0) {
+            /* equal over len bytes: a NUL inside `name` stopped the
+             * comparison early, and no interface name holds a NUL (nor may
+             * n[len] be read then: n may be shorter than len) */
+            if (memchr(name, 0, len))
+                return -1;
+            if (n[len] != '\0')
+                r = 1;
+        }
         if (r == 0)
             return t->by_name[mid];
         if (r < 0)
