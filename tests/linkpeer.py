@@ -8,15 +8,8 @@ import struct
 import time
 from pathlib import Path
 
+from helpers_wire import encode as msg
 from wlproxy import link, wire
-from wlproxy.codec import default_tables
-
-P = default_tables().proto
-
-
-def msg(obj: int, iface: str, name: str, *args) -> bytes:
-    data, _ = wire.encode(obj, P[iface].message(0, name), list(args))
-    return data
 
 
 class LinkPeer:

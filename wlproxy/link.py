@@ -51,7 +51,6 @@ class Limits:
     max_control: int = 4096           # other frames (keymaps aside)
     max_keymap: int = 1 << 20
     max_pipe_chunk: int = 1 << 16
-    max_channels: int = 1024
 
 
 class LinkError(Exception):
@@ -225,8 +224,6 @@ class LinkDecoder:
                 raise LinkError(f"{NAMES[ftype]} frame before HELLO")
             if (channel == 0) != (ftype in (HELLO, ERROR)):
                 raise LinkError(f"{NAMES[ftype]} frame on channel {channel}")
-            if channel > self.limits.max_channels:
-                raise LinkError(f"channel {channel} is out of range (max {self.limits.max_channels})")
             if ftype == SHM_DATA:
                 if length < SHM_HEADER.size:
                     raise LinkError("short SHM_DATA frame")
