@@ -19,6 +19,7 @@ struct wlc_conn {
     uint32_t max_objects;
     uint32_t live_objects;
     uint32_t fds[2]; /* fds received but not yet matched, per direction */
+    uint64_t nmsgs[2]; /* messages validated so far, per direction (for rate limits) */
     struct objmap client; /* ids 1 .. : index = id */
     struct objmap server; /* ids 0xff000000 .. : index = id - start */
     uint8_t *mask;
@@ -103,6 +104,7 @@ const char *wlc_error(struct wlc_conn *c) { return c->err; }
 uint32_t wlc_pending_fds(struct wlc_conn *c, int dir) { return c->fds[dir & 1]; }
 void wlc_set_pending_fds(struct wlc_conn *c, int dir, uint32_t n) { c->fds[dir & 1] = n; }
 uint32_t wlc_object_count(struct wlc_conn *c) { return c->live_objects; }
+uint64_t wlc_message_count(struct wlc_conn *c, int dir) { return c->nmsgs[dir & 1]; }
 void wlc_set_max_objects(struct wlc_conn *c, uint32_t n) { c->max_objects = n; }
 
 int wlc_lookup(struct wlc_conn *c, uint32_t id, struct wlc_obj *out)
@@ -477,6 +479,7 @@ uint32_t wlc_feed(struct wlc_conn *c, int dir, const uint8_t *buf, uint32_t len,
             r->code = 0;
         }
         pos += size;
+        c->nmsgs[dir]++;
     }
     *consumed = pos;
     return n;

@@ -100,5 +100,6 @@ int wlc_lookup(struct wlc_conn *c, uint32_t id, struct wlc_obj *out);
 int wlc_insert(struct wlc_conn *c, uint32_t id, uint16_t iface, uint32_t version);
 int wlc_remove(struct wlc_conn *c, uint32_t id);
 uint32_t wlc_object_count(struct wlc_conn *c);
+uint64_t wlc_message_count(struct wlc_conn *c, int dir);
 void wlc_set_max_objects(struct wlc_conn *c, uint32_t max_objects);
 int wlc_iface_by_name(const struct wlc_tables *t, const char *name, uint32_t len);

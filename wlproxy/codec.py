@@ -192,6 +192,10 @@ class Codec:
     def object_count(self) -> int:
         return int(lib.wlc_object_count(self._conn))
 
+    def message_count(self, direction: int) -> int:
+        """Messages validated so far in ``direction`` (for rate limits)."""
+        return int(lib.wlc_message_count(self._conn, direction))
+
     def pending_fds(self, direction: int) -> int:
         return int(lib.wlc_pending_fds(self._conn, direction))
 

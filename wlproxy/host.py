@@ -15,12 +15,13 @@ import mmap
 import os
 import socket
 import struct
-from dataclasses import dataclass
+import time
+import unicodedata
 
-from wlproxy import bridges, link, wire
+from wlproxy import bridges, link, policy, wire
 from wlproxy.channel import Channel
 from wlproxy.cli import UserError
-from wlproxy.codec import INVALID_METHOD, INVALID_OBJECT, NO_MEMORY, Record
+from wlproxy.codec import IMPLEMENTATION, INVALID_METHOD, INVALID_OBJECT, NO_MEMORY, Record, default_tables
 from wlproxy.fdsock import close_fds
 from wlproxy.logs import audit
 from wlproxy.loop import Loop
@@ -36,15 +37,31 @@ log = logging.getLogger("wlproxy.host")
 WL_SHM_INVALID_STRIDE, WL_SHM_INVALID_FD = 1, 2
 
 
-@dataclass
-class HostLimits:
-    """Resource limits enforced on each VM (the policy may change them)."""
+# Resource limits enforced on each VM: the policy's ``[limits]``.
+HostLimits = policy.Limits
+MAX_LINKS = 16  # links one VM may hold open at once (its guest half needs one)
+TITLE_BYTES = 1024  # a guest's title is cut to this (after the tag), app_id to APP_ID_BYTES
+APP_ID_BYTES = 200
+_BIDI = frozenset(map(chr, [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
 
-    clients: int = 64
-    objects_per_client: int = 100_000
-    pool_bytes_per_client: int = 1 << 30
-    pool_bytes_per_vm: int = 2 << 30
-    max_keymap: int = 1 << 20
+
+def clean_title(s: str | None, limit: int = TITLE_BYTES) -> str:
+    """A guest's text made safe to show after the VM tag: valid UTF-8, no
+    control, line-separator or bidi-override characters, at most ``limit`` bytes."""
+    if not s:
+        return ""
+    s = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    s = "".join(ch for ch in s if ch not in _BIDI and unicodedata.category(ch) not in ("Cc", "Zl", "Zp"))
+    b = s.encode()
+    if len(b) > limit:
+        s = b[:limit].decode("utf-8", "ignore")
+    return s
+
+
+def clean_app_id(s: str | None) -> str:
+    """A guest's app_id reduced to ``[A-Za-z0-9._-]``, at most APP_ID_BYTES."""
+    s = clean_title(s, APP_ID_BYTES)
+    return "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "_" for ch in s)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -66,10 +83,30 @@ class HostChannel(Channel):
         self.pools: dict[int, HostPool] = {}      # link key -> pool
         self.pool_objs: dict[int, HostPool] = {}  # wl_shm_pool id -> pool
         self.pool_bytes = 0
-        self.visible: dict[int, tuple[str, int]] = {}  # global name -> (interface, version)
+        self.visible: dict[int, tuple[str, int]] = {}  # global name -> (interface, capped version)
         self.hidden: set[int] = set()
+        self.policy: policy.Policy = owner.server.policy
+        self.objects = 1            # live objects, as last counted (for the VM's total)
+        self.msgs_seen = 0          # requests counted so far (for the rate limit)
+        self.tokens = float(owner.limits_host.message_burst)
+        self.t_last = time.monotonic()
         r, e = self.handlers[REQUEST], self.handlers[EVENT]
         r[("wl_registry", "bind")] = self.bind
+        # identity: every title carries the VM's tag, every app_id its namespace
+        for shell_surface, toplevel in (("xdg_surface", "xdg_toplevel"), ("zxdg_surface_v6", "zxdg_toplevel_v6")):
+            r[(shell_surface, "get_toplevel")] = self.get_toplevel
+            r[(toplevel, "set_title")] = self.set_title
+            r[(toplevel, "set_app_id")] = self.set_app_id
+        r[("wl_shell", "get_shell_surface")] = self.get_toplevel
+        r[("wl_shell_surface", "set_title")] = self.set_title
+        r[("wl_shell_surface", "set_class")] = self.set_app_id
+        # clipboard policy (the pipe bridging itself is in pipe_request/pipe_event)
+        for dev in ("wl_data_device", "zwp_primary_selection_device_v1"):
+            r[(dev, "set_selection")] = self.set_selection
+            e[(dev, "selection")] = self.selection
+        r[("wl_data_device", "start_drag")] = self.start_drag
+        for offer in ("wl_data_offer", "zwp_primary_selection_offer_v1"):
+            e[(offer, "offer")] = self.offer_mime
         r[("wl_shm", "create_pool")] = self.create_pool
         r[("wl_shm_pool", "resize")] = self.pool_resize
         r[("wl_shm_pool", "create_buffer")] = self.create_buffer
@@ -88,13 +125,15 @@ class HostChannel(Channel):
         self.intercept()
 
     # -- errors --------------------------------------------------------------
-    def client_error(self, obj: int, code: int, text: str, *, audit_event: str = "protocol_violation") -> None:
+    def client_error(self, obj: int, code: int, text: str, *, audit_event: str = "protocol_violation",
+                     **fields: object) -> None:
         """A protocol error for this guest client: it gets wl_display.error, its
-        weston connection closes, the VM's other clients go on."""
+        weston connection closes, the VM's other clients go on.  One audit
+        line (``audit_event``, with ``fields``) records it."""
         if self.closed:
             return
         log.warning("%s: %s", self.name, text)
-        audit(audit_event, vm=self.owner.vm, client=self.ch, error=text)
+        audit(audit_event, vm=self.owner.vm, client=self.ch, error=text, code=code, **fields)
         self.pending.clear()
         w = self.owner.writer
         err = display_error(obj, code, text)
@@ -103,7 +142,36 @@ class HostChannel(Channel):
         self.close(text, notify=False, keep_queued=True)
 
     def remote_error(self, rec: Record, text: str) -> None:
-        self.client_error(rec.obj, rec.code, text)
+        if rec.code == NO_MEMORY and text.startswith("object limit"):
+            self.client_error(rec.obj, rec.code, text, audit_event="limit_hit", limit="objects_per_client",
+                              value=self.owner.limits_host.objects_per_client)
+        else:
+            self.client_error(rec.obj, rec.code, text)
+
+    # -- per-client accounting: message rate, the VM's object total -----------
+    def remote_data(self, payload: bytes) -> None:
+        super().remote_data(payload)
+        if not self.closed:
+            self.account()
+
+    def account(self) -> None:
+        lim = self.owner.limits_host
+        n = self.codec.message_count(REQUEST)
+        now = time.monotonic()
+        self.tokens = min(float(lim.message_burst), self.tokens + (now - self.t_last) * lim.messages_per_second)
+        self.tokens -= n - self.msgs_seen
+        self.t_last, self.msgs_seen = now, n
+        objs = self.codec.object_count
+        server = self.owner.server
+        server.objects += objs - self.objects
+        self.objects = objs
+        if self.tokens < 0:
+            self.client_error(1, IMPLEMENTATION, f"message rate over {lim.messages_per_second}/s "
+                              f"(burst {lim.message_burst})", audit_event="limit_hit",
+                              limit="messages_per_second", value=lim.messages_per_second)
+        elif server.objects > lim.objects_per_vm:
+            self.client_error(1, NO_MEMORY, f"VM {self.owner.vm} is over its limit of {lim.objects_per_vm} objects",
+                              audit_event="limit_hit", limit="objects_per_vm", value=lim.objects_per_vm)
 
     def local_error(self, rec: Record, text: str) -> None:
         log.error("%s: invalid event from the compositor: %s", self.name, text)
@@ -129,11 +197,16 @@ class HostChannel(Channel):
     def global_(self, obj: int, data: memoryview, fds: list) -> None:
         msg = self.codec.tables.proto["wl_registry"].message(EVENT, "global")
         name, iface, version = wire.decode(msg, data)
-        if self.owner.global_allowed(iface):
-            self.visible[name] = (iface, version)
-            self.queue_data(data)
-        else:
+        cap = self.owner.server.global_cap(iface)
+        if cap is None or version < 1:
             self.hidden.add(name)
+            self.visible.pop(name, None)
+            return
+        version = min(version, cap)
+        self.visible[name] = (iface, version)
+        out = bytearray(data)
+        struct.pack_into("=I", out, len(out) - 4, version)  # the version is the last argument
+        self.queue_data(out)
 
     def global_remove(self, obj: int, data: memoryview, fds: list) -> None:
         (name,) = struct.unpack_from("=I", data, 8)
@@ -147,26 +220,104 @@ class HostChannel(Channel):
         name, new = wire.decode(msg, data)
         g = self.visible.get(name)
         if g is None:
-            audit("bind_denied", vm=self.owner.vm, client=self.ch, interface=new.interface, name=name)
-            self.client_error(obj, INVALID_OBJECT, f"invalid global {new.interface} ({name})", audit_event="bind_denied")
+            why = "hidden by policy" if name in self.hidden else "unknown name"
+            self.client_error(obj, INVALID_OBJECT, f"invalid global {new.interface} ({name})", audit_event="bind_denied",
+                              interface=new.interface, name=name, reason=why)
             return
         if g[0] != new.interface:
             self.client_error(obj, INVALID_OBJECT,
-                              f"invalid interface for global {name}: have {g[0]}, wanted {new.interface}")
+                              f"invalid interface for global {name}: have {g[0]}, wanted {new.interface}",
+                              audit_event="bind_denied", interface=new.interface, name=name, reason="wrong interface")
             return
-        if new.version > g[1]:
+        if not 1 <= new.version <= g[1]:
             self.client_error(obj, INVALID_OBJECT,
-                              f"invalid version for global {g[0]} ({name}): have {g[1]}, wanted {new.version}")
+                              f"invalid version for global {g[0]} ({name}): have {g[1]}, wanted {new.version}",
+                              audit_event="bind_denied", interface=new.interface, name=name, reason="version above cap")
             return
         self.local.write(data)
+
+    # -- identity ------------------------------------------------------------
+    def _request(self, obj: int, iface: str, name: str, *args) -> bytes:
+        return wire.encode(obj, self.codec.tables.proto[iface].message(REQUEST, name), list(args))[0]
+
+    def get_toplevel(self, obj: int, data: memoryview, fds: list) -> None:
+        """A new toplevel starts with the bare tag as its title and app_id, so
+        it is marked even if the guest never sets them."""
+        (new_id,) = struct.unpack_from("=I", data, 8)
+        info = self.codec.lookup(new_id)
+        self.local.write(data)
+        if info is None:
+            return
+        tag = self.policy.tag
+        if info.iface.name == "wl_shell_surface":
+            out = self._request(new_id, "wl_shell_surface", "set_title", f"[{tag}]") + \
+                self._request(new_id, "wl_shell_surface", "set_class", tag)
+        else:
+            out = self._request(new_id, info.iface.name, "set_title", f"[{tag}]") + \
+                self._request(new_id, info.iface.name, "set_app_id", tag)
+        self.local.write(out)
+
+    def _string_arg(self, obj: int, name: str, data: memoryview) -> tuple[str, str | None]:
+        info = self.codec.lookup(obj)
+        iface = info.iface.name if info else "xdg_toplevel"
+        (text,) = wire.decode(self.codec.tables.proto[iface].message(REQUEST, name), data)
+        return iface, text
+
+    def set_title(self, obj: int, data: memoryview, fds: list) -> None:
+        iface, title = self._string_arg(obj, "set_title", data)
+        self.local.write(self._request(obj, iface, "set_title", f"[{self.policy.tag}] {clean_title(title)}"))
+
+    def set_app_id(self, obj: int, data: memoryview, fds: list) -> None:
+        name = "set_class" if self.codec.lookup(obj) and self.codec.lookup(obj).iface.name == "wl_shell_surface" \
+            else "set_app_id"
+        iface, app_id = self._string_arg(obj, name, data)
+        self.local.write(self._request(obj, iface, name, f"{self.policy.tag}.{clean_app_id(app_id)}"))
+
+    # -- clipboard -----------------------------------------------------------
+    def _clipboard_blocked(self, what: str, direction: str) -> None:
+        log.info("%s: clipboard policy %s blocks %s", self.name, self.policy.clipboard, what)
+        audit("clipboard_blocked", vm=self.owner.vm, client=self.ch, what=what, direction=direction,
+              policy=self.policy.clipboard)
+
+    def set_selection(self, obj: int, data: memoryview, fds: list) -> None:
+        if self.policy.guest_to_host:
+            self.local.write(data)
+            return
+        (source,) = struct.unpack_from("=I", data, 8)
+        if source:
+            self._clipboard_blocked("set_selection", "to-host")
+        # dropped: the guest may neither offer data to the host nor clear the host's selection
+
+    def start_drag(self, obj: int, data: memoryview, fds: list) -> None:
+        (source,) = struct.unpack_from("=I", data, 8)
+        if source and not self.policy.guest_to_host:
+            self._clipboard_blocked("start_drag", "to-host")
+            out = bytearray(data)
+            struct.pack_into("=I", out, 8, 0)  # a drag without data: only the guest's own surfaces see it
+            self.local.write(out)
+            return
+        self.local.write(data)
+
+    def offer_mime(self, obj: int, data: memoryview, fds: list) -> None:
+        if self.policy.host_to_guest:
+            self.queue_data(data)
+        # else: the guest sees offers with no types at all
+
+    def selection(self, obj: int, data: memoryview, fds: list) -> None:
+        if self.policy.host_to_guest:
+            self.queue_data(data)
+            return
+        out = bytearray(data)
+        struct.pack_into("=I", out, 8, 0)  # no selection
+        self.queue_data(out)
 
     # -- shm -----------------------------------------------------------------
     def new_pool(self, key: int, size: int) -> None:
         lim = self.owner.limits_host
         if key in self.pools:
             raise link.LinkError(f"{self.name}: pool key {key} reused")
-        if size <= 0 or self.pool_bytes + size > lim.pool_bytes_per_client or \
-                self.owner.pool_bytes + size > lim.pool_bytes_per_vm:
+        if size <= 0 or self.pool_bytes + size > lim.shm_bytes_per_client or \
+                self.owner.server.pool_bytes + size > lim.shm_bytes_per_vm:
             # refuse as a protocol error for this client when its create_pool arrives
             self.remote_fd(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), ("refused", size))
             return
@@ -181,6 +332,7 @@ class HostChannel(Channel):
     def _account(self, n: int) -> None:
         self.pool_bytes += n
         self.owner.pool_bytes += n
+        self.owner.server.pool_bytes += n
 
     def create_pool(self, obj: int, data: memoryview, fds: list) -> None:
         pool_id, size = struct.unpack_from("=Ii", data, 8)
@@ -188,7 +340,7 @@ class HostChannel(Channel):
         if kind[0] == "refused":
             close_fds(fds)
             self.client_error(obj, NO_MEMORY, f"pool of {kind[1]} bytes is over the shm limit",
-                              audit_event="limit_hit")
+                              audit_event="limit_hit", limit="shm_bytes", value=kind[1])
             return
         if kind[0] != "shm" or kind[1].size != size:
             close_fds(fds)
@@ -203,8 +355,10 @@ class HostChannel(Channel):
         if size > pool.size:
             lim = self.owner.limits_host
             grow = size - pool.size
-            if self.pool_bytes + grow > lim.pool_bytes_per_client or self.owner.pool_bytes + grow > lim.pool_bytes_per_vm:
-                self.client_error(obj, NO_MEMORY, f"resize to {size} bytes is over the shm limit", audit_event="limit_hit")
+            if self.pool_bytes + grow > lim.shm_bytes_per_client or \
+                    self.owner.server.pool_bytes + grow > lim.shm_bytes_per_vm:
+                self.client_error(obj, NO_MEMORY, f"resize to {size} bytes is over the shm limit",
+                                  audit_event="limit_hit", limit="shm_bytes", value=size)
                 return
             try:
                 pool.resize(size)
@@ -266,6 +420,11 @@ class HostChannel(Channel):
             self.queue_data(data)
 
     def pipe_event(self, obj: int, data: memoryview, fds: list) -> None:
+        # wl_data_source.send (or primary): a host client wants the guest's data
+        if not self.policy.guest_to_host:
+            close_fds(fds)
+            self._clipboard_blocked("send", "to-host")
+            return
         pid = self.owner.pipes.export_sink(self.ch, fds[0])
         self.queue_frame(link.u32_frame(link.FD_PIPE, self.ch, pid))
         self.queue_data(data)
@@ -274,9 +433,16 @@ class HostChannel(Channel):
         if self._pop_kind("pipe", obj) is None:
             close_fds(fds)
             return
+        # wl_data_offer.receive (or primary): the guest wants a host client's data
+        if not self.policy.host_to_guest:
+            close_fds(fds)  # the guest's reader sees end-of-file at once
+            self._clipboard_blocked("receive", "from-host")
+            return
         self.local.write(data, fds)
 
     def release(self) -> None:
+        self.owner.server.objects -= self.objects
+        self.objects = 0
         for pool in self.pools.values():
             self._account(-pool.size)
             pool.close()
@@ -302,7 +468,15 @@ class HostLink(LinkSession):
         return 0 < pid < 0x80000000
 
     def global_allowed(self, iface: str) -> bool:
-        return self.server.global_allowed(iface)
+        return self.server.global_cap(iface) is not None
+
+    def _events(self, events: list) -> None:
+        super()._events(events)
+        lim = self.limits_host.pending_link_bytes
+        if not self.closed and self.writer.queued_bytes > lim:
+            audit("limit_hit", vm=self.vm, link=self.name, limit="pending_link_bytes", value=lim)
+            self.fail(f"{self.writer.queued_bytes} bytes wait for the guest to read its link "
+                      f"(limit {lim}): it stopped reading")
 
     def channel_for(self, f: link.Frame):
         if f.type == link.OPEN:
@@ -317,8 +491,10 @@ class HostLink(LinkSession):
         if n <= self.last_opened:
             raise link.LinkError(f"OPEN for channel {n}: channel ids must increase (last {self.last_opened})")
         self.last_opened = n
-        if len(self.channels) >= self.limits_host.clients:
-            audit("limit_hit", vm=self.vm, limit="clients", value=self.limits_host.clients)
+        if sum(len(lk.channels) for lk in self.server.links | {self}) >= self.limits_host.clients:
+            log.warning("%s: client %d refused: VM is at its limit of %d clients", self.name, n,
+                        self.limits_host.clients)
+            audit("limit_hit", vm=self.vm, client=n, limit="clients", value=self.limits_host.clients)
             err = display_error(1, NO_MEMORY, f"wlproxy: too many clients for VM {self.vm}")
             self.writer.send(n, link.header(link.DATA, n, len(err)) + err)
             self.writer.send(n, link.close_frame(n, 1, "too many clients"))
@@ -375,25 +551,43 @@ class HostLink(LinkSession):
 
 
 class HostServer:
-    def __init__(self, loop: Loop, sock: socket.socket, vm: str, display: str | None, limits: HostLimits,
-                 allowed=None):
+    """One VM's host half: its policy, its links, its VM-wide usage."""
+
+    def __init__(self, loop: Loop, sock: socket.socket, vm: str, display: str | None,
+                 pol: policy.Policy | None = None):
         self.loop = loop
         self.sock = sock
         self.vm = vm
         self.display = display
-        self.limits = limits
+        self.policy = pol or policy.default(vm)
+        self.limits = self.policy.limits
         self.links: set[HostLink] = set()
         self.count = 0
-        self._allowed = allowed
+        self.pool_bytes = 0  # shm pool bytes of all the VM's clients
+        self.objects = 0     # live objects of all the VM's clients
+        self._caps: dict[str, int | None] = {}
         if is_listening(sock):
             loop.add_reader(sock.fileno(), self._accept)
         else:
             self._start(sock)
 
+    def global_cap(self, iface: str) -> int | None:
+        """The version cap of ``iface`` for this VM's clients, or None: hidden.
+        Only what the policy allows, the proxy can parse, and the link can carry."""
+        if iface not in self._caps:
+            from wlproxy.protocol import load
+
+            proto = load()
+            cap = self.policy.global_cap(iface)
+            if cap is not None and (iface not in proto or not bridges.bridgeable(iface, proto)):
+                cap = None
+            if cap is not None:
+                cap = min(cap, proto[iface].version)
+            self._caps[iface] = cap
+        return self._caps[iface]
+
     def global_allowed(self, iface: str) -> bool:
-        if self._allowed is not None:
-            return self._allowed(iface)
-        return bridges.bridgeable(iface)
+        return self.global_cap(iface) is not None
 
     def _accept(self) -> None:
         try:
@@ -407,6 +601,11 @@ class HostServer:
 
     def _start(self, conn: socket.socket) -> None:
         self.count += 1
+        if len(self.links) >= MAX_LINKS:
+            log.warning("VM %s: link %d refused: %d links open", self.vm, self.count, len(self.links))
+            audit("limit_hit", vm=self.vm, limit="links", value=MAX_LINKS)
+            conn.close()
+            return
         fd = accepted(conn)
         lk = HostLink(self, fd, self.count)
         if not lk.closed:
@@ -417,14 +616,74 @@ class HostServer:
         self.links.discard(lk)
 
 
+def compositor_globals(display: str | None, timeout: float = 5.0) -> dict[str, int]:
+    """interface -> version of every global the compositor offers (one registry round trip)."""
+    proto = default_tables().proto
+    g_msg = proto["wl_registry"].message(EVENT, "global")
+    sock = connect_display(display)
+    try:
+        sock.settimeout(timeout)
+        sock.sendall(wire.encode(1, proto["wl_display"].message(REQUEST, "get_registry"), [2])[0] +
+                     wire.encode(1, proto["wl_display"].message(REQUEST, "sync"), [3])[0])
+        buf, out = b"", {}
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise OSError("the compositor closed the connection")
+            buf += chunk
+            while len(buf) >= 8:
+                obj, op, size = wire.header(buf)
+                if size < 8 or len(buf) < size:
+                    break
+                if obj == 2 and op == 0:
+                    _, iface, version = wire.decode(g_msg, buf[:size])
+                    out[iface] = version
+                elif obj == 3:
+                    return out
+                buf = buf[size:]
+    finally:
+        sock.close()
+
+
+SECURITY_CONTEXT = "wp_security_context_manager_v1"
+
+
+def check_security_context(pol: policy.Policy, display: str | None) -> None:
+    """Report on the policy's ``security_context`` switch; refuse to run when it
+    says ``require`` and no security context can be had."""
+    if pol.security_context == "off":
+        return
+    try:
+        offered = SECURITY_CONTEXT in compositor_globals(display)
+    except (OSError, SocketError) as e:
+        offered, why = False, f"cannot ask the compositor: {e}"
+    else:
+        why = "the compositor does not offer " + SECURITY_CONTEXT
+    if offered:  # this build has no XML for it, so it cannot create the context
+        why = f"the compositor offers {SECURITY_CONTEXT}, but this build of wlproxy cannot use it (no protocol XML)"
+    audit("security_context_unavailable", vm=pol.vm, mode=pol.security_context, reason=why)
+    if pol.security_context == "require":
+        raise UserError(f"VM {pol.vm}: the policy requires a security context: {why}")
+    log.warning("VM %s: running without a security context: %s", pol.vm, why)
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        pol = policy.for_vm(args.vm, args.policy)
+    except policy.PolicyError as e:
+        raise UserError(str(e)) from None
+    audit("policy_loaded", vm=pol.vm, source=pol.source or "defaults", tag=pol.tag, clipboard=pol.clipboard,
+          security_context=pol.security_context, globals=len(pol.globals))
+    for name in pol.unsafe_allowed():
+        log.warning("VM %s: the policy allows %s, which is not safe for an untrusted VM", pol.vm, name)
+    check_security_context(pol, args.display)
     try:
         ep = parse(args.listen, listening=True)
         sock = listen(ep)
     except (ValueError, SocketError) as e:
         raise UserError(str(e)) from None
     loop = Loop()
-    server = HostServer(loop, sock, args.vm, args.display, HostLimits())
+    server = HostServer(loop, sock, args.vm, args.display, pol)
     log.info("VM %s: host half listening on %s, compositor %s", args.vm, ep, args.display or os.environ.get("WAYLAND_DISPLAY", "wayland-0"))
     loop.stop_on_signals()
     try:

@@ -1,0 +1,48 @@
+"""``wlproxy policy check FILE`` and ``wlproxy policy show VM``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from wlproxy import policy
+from wlproxy.cli import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="policy_command", metavar="ACTION")
+    sub.required = True
+    c = sub.add_parser("check", help="validate a policy file", description="Validate a policy file: "
+                       "exit 0 if it can be used, else print the file, line and key at fault and exit 2.")
+    c.add_argument("file", metavar="FILE")
+    c.add_argument("--vm", metavar="NAME", help="the VM it is for (default: the file name without .toml)")
+    s = sub.add_parser("show", help="print a VM's effective policy, defaults filled in",
+                       description="Print the effective policy of VM NAME: its policy file from the XDG "
+                       "config dirs ($XDG_CONFIG_HOME/wlproxy/vms/NAME.toml, then /etc/xdg/...), "
+                       "or --policy FILE, with every default filled in.")
+    s.add_argument("vm", metavar="VM")
+    s.add_argument("--policy", metavar="FILE", help="use this file instead of the lookup")
+    s.add_argument("--json", action="store_true", help="print JSON instead of TOML")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.policy_command == "check":
+            vm = args.vm or Path(args.file).name.removesuffix(".toml")
+            if not policy.valid_vm_name(vm):
+                vm = "vm"
+            pol = policy.load_file(args.file, vm)
+            print(f"{args.file}: OK (VM {pol.vm!r}, tag {pol.tag!r}, clipboard {pol.clipboard}, "
+                  f"{len(pol.globals)} globals allowed)")
+            for name in pol.unsafe_allowed():
+                print(f"{args.file}: warning: {name} is allowed; it is not safe for an untrusted VM")
+            return 0
+        pol = policy.for_vm(args.vm, args.policy)
+    except policy.PolicyError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(pol.summary(), indent=2))
+    else:
+        print(pol.to_toml(), end="")
+    return 0
