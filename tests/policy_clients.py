@@ -8,7 +8,8 @@
   selection (text/plain), print ``selection-set``, serve it until stdin EOF.
 * ``clip-get --timeout S``: map a window, wait for keyboard focus and the
   first selection event, try to receive text/plain and print JSON
-  ``{"offer": bool, "mimes": [...], "data": str|null}``.
+  ``{"offer": bool, "mimes": [...], "data": str|null}``; with ``--any-offer``
+  it asks for the data of any wl_data_offer it got, selection or not.
 """
 
 from __future__ import annotations
@@ -200,6 +201,7 @@ def mode_clip_get(a: argparse.Namespace) -> int:
     state: dict = {"selection": None, "seen": False}
 
     def data_offer(_d, offer) -> None:  # type: ignore[no-untyped-def]
+        state["last_offer"] = offer
         offer.mimes = []
         offer.dispatcher["offer"] = lambda o, mime: o.mimes.append(mime)
 
@@ -212,6 +214,8 @@ def mode_clip_get(a: argparse.Namespace) -> int:
     c.map("clip-get")
     c.wait(lambda: c.focus_serial is not None and state["seen"], a.timeout)
     offer = state["selection"]
+    if offer is None and a.any_offer:  # a hostile client: ask for data it was not offered
+        offer = state.get("last_offer")
     out: dict = {"focus": c.focus_serial is not None, "offer": offer is not None,
                  "mimes": getattr(offer, "mimes", []) if offer is not None else [], "data": None}
     if offer is not None:
@@ -250,9 +254,13 @@ def main() -> int:
     s.add_argument("--text", required=True)
     g = sub.add_parser("clip-get")
     g.add_argument("--timeout", type=float, default=5.0)
+    g.add_argument("--any-offer", action="store_true", help="receive from any wl_data_offer, even one "
+                   "that is not the selection")
     a = p.parse_args()
     return {"title": mode_title, "bind": mode_bind, "clip-set": mode_clip_set, "clip-get": mode_clip_get}[a.mode](a)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    sys.stdout.flush()
+    os._exit(rc)  # skip pywayland's proxy teardown at interpreter exit

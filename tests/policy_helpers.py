@@ -47,7 +47,8 @@ class PolicyHost(HostHalf):
 
 
 def policy_pair(compositor_env: Mapping[str, str], base: Path, vm: str, policy_text: str | None) -> ProxyPair:
-    """A started ProxyPair whose host half runs with this policy and JSON logs."""
+    """A ProxyPair (a context manager: ``with policy_pair(...) as pair``) whose
+    host half runs with this policy and JSON logs."""
     pol = None
     if policy_text is not None:
         pol = base / f"{vm}.toml"
@@ -55,7 +56,7 @@ def policy_pair(compositor_env: Mapping[str, str], base: Path, vm: str, policy_t
         pol.write_text(policy_text)
     pair = ProxyPair(compositor_env, base_dir=base, vm=vm)
     pair.host = PolicyHost(compositor_env, pair.host.run_dir, vm, pol, log_path=base / "host.log")
-    return pair.start()
+    return pair
 
 
 def audit_events(text: str, event: str | None = None) -> list[dict]:

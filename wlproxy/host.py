@@ -398,7 +398,7 @@ class HostChannel(Channel):
 
     # -- keymaps and pipes ---------------------------------------------------
     def keymap(self, obj: int, data: memoryview, fds: list) -> None:
-        _, size = struct.unpack_from("=II", data, 12)
+        (size,) = struct.unpack_from("=I", data, 12)  # format, (fd: no bytes), size
         fd = fds[0]
         try:
             if size > self.owner.limits_host.max_keymap:
@@ -414,7 +414,7 @@ class HostChannel(Channel):
             os.close(fd)
         self.queue_frame(link.frame(link.FD_KEYMAP, self.ch, blob))
         if len(blob) != size:  # keep the event consistent with what we could carry
-            hdr = bytes(data[:16]) + struct.pack("=I", len(blob))
+            hdr = bytes(data[:12]) + struct.pack("=I", len(blob))
             self.queue_data(hdr)
         else:
             self.queue_data(data)
