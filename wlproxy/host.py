@@ -149,6 +149,10 @@ class HostChannel(Channel):
             self.client_error(rec.obj, rec.code, text)
 
     # -- per-client accounting: message rate, the VM's object total -----------
+    def flush(self) -> None:
+        super().flush()
+        self.owner.check_backlog()
+
     def remote_data(self, payload: bytes) -> None:
         super().remote_data(payload)
         if not self.closed:
@@ -462,6 +466,7 @@ class HostLink(LinkSession):
         self.limits_host = server.limits
         self.last_opened = 0
         self.pool_bytes = 0
+        self.backlog_failing = False
         super().__init__(server.loop, fd, name=f"{server.vm} link {n}", vm=server.vm)
 
     def peer_pipe_id_ok(self, pid: int) -> bool:
@@ -472,11 +477,20 @@ class HostLink(LinkSession):
 
     def _events(self, events: list) -> None:
         super()._events(events)
+        self.check_backlog()
+
+    def check_backlog(self) -> None:
+        """Drop the link when more than ``pending_link_bytes`` wait for the
+        guest to read them: it announced a window it does not drain."""
         lim = self.limits_host.pending_link_bytes
-        if not self.closed and self.writer.queued_bytes > lim:
-            audit("limit_hit", vm=self.vm, link=self.name, limit="pending_link_bytes", value=lim)
-            self.fail(f"{self.writer.queued_bytes} bytes wait for the guest to read its link "
-                      f"(limit {lim}): it stopped reading")
+        if self.closed or self.backlog_failing or self.writer.queued_bytes <= lim:
+            return
+        self.backlog_failing = True
+        queued = self.writer.queued_bytes
+        audit("limit_hit", vm=self.vm, link=self.name, limit="pending_link_bytes", value=lim)
+        # not from inside a channel's read path: drop the link on the next loop turn
+        why = f"{queued} bytes wait for the guest to read its link (limit {lim}): it stopped reading"
+        self.loop.call_soon(lambda: None if self.closed else self.fail(why))
 
     def channel_for(self, f: link.Frame):
         if f.type == link.OPEN:
