@@ -73,6 +73,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", metavar="FILE", help="policy file (default: looked up by VM name)")
 
 
+class _Closed(Exception):
+    """The channel closed while a batch of its messages was being handled."""
+
+
 class HostChannel(Channel):
     local_dir = EVENT
 
@@ -86,7 +90,7 @@ class HostChannel(Channel):
         self.visible: dict[int, tuple[str, int]] = {}  # global name -> (interface, capped version)
         self.hidden: set[int] = set()
         self.policy: policy.Policy = owner.server.policy
-        self.objects = 1            # live objects, as last counted (for the VM's total)
+        self.objects = 0            # live objects, as last added to the VM's total
         self.msgs_seen = 0          # requests counted so far (for the rate limit)
         self.tokens = float(owner.limits_host.message_burst)
         self.t_last = time.monotonic()
@@ -148,13 +152,45 @@ class HostChannel(Channel):
         else:
             self.client_error(rec.obj, rec.code, text)
 
+    # -- no message after a close ---------------------------------------------
+    # A handler may close the channel (a protocol error) in the middle of a
+    # batch of messages: the rest of the batch must not reach any handler.
+    def _remote_message(self, *args) -> None:
+        super()._remote_message(*args)
+        if self.closed:
+            raise _Closed
+
+    def remote_forward(self, data: memoryview, fds: list) -> None:
+        super().remote_forward(data, fds)
+        if self.closed:
+            raise _Closed
+
+    def _local_message(self, *args) -> None:
+        super()._local_message(*args)
+        if self.closed:
+            raise _Closed
+
+    def local_forward(self, data: memoryview, fds: list) -> None:
+        super().local_forward(data, fds)
+        if self.closed:
+            raise _Closed
+
+    def _from_local(self, s, new_fds: int) -> None:
+        try:
+            super()._from_local(s, new_fds)
+        except _Closed:
+            pass
+
     # -- per-client accounting: message rate, the VM's object total -----------
     def flush(self) -> None:
         super().flush()
         self.owner.check_backlog()
 
     def remote_data(self, payload: bytes) -> None:
-        super().remote_data(payload)
+        try:
+            super().remote_data(payload)
+        except _Closed:
+            return
         if not self.closed:
             self.account()
 
@@ -391,12 +427,13 @@ class HostChannel(Channel):
         self.local.write(data)
 
     def forget_pool(self, key: int) -> None:
-        pool = self.pools.pop(key, None)
+        pool = self.pools.get(key)
         if pool is None:
             raise link.LinkError(f"{self.name}: SHM_FORGET for unknown pool {key}")
         for oid, p in list(self.pool_objs.items()):
             if p is pool:  # the guest may not forget a pool it can still resize
                 raise link.LinkError(f"{self.name}: SHM_FORGET for pool {key} still in use by wl_shm_pool@{oid}")
+        del self.pools[key]  # only now: a refused SHM_FORGET leaves the pool to release()
         self._account(-pool.size)
         pool.close()
 
