@@ -19,7 +19,8 @@ from wlproxy import link
 from wlproxy.codec import Codec, Record
 from wlproxy.fdsock import FdSocket, close_fds
 from wlproxy.protocol import Interface, Message
-from wlproxy.relay import StreamIn, pump
+from wlproxy.fdsock import StreamIn
+from wlproxy.relay import pump
 
 if TYPE_CHECKING:
     from wlproxy.linkio import Bulk

@@ -27,7 +27,34 @@ def close_fds(fds) -> None:
             pass
 
 
-class FdSocket:
+class StreamIn:
+    """A bounded input buffer with queued fds, the input side of ``FdSocket``."""
+
+    def __init__(self, size: int):
+        self.rbuf = bytearray(size)
+        self.filled = 0
+        self.fds: collections.deque = collections.deque()
+
+    def append(self, data) -> bool:
+        n = len(data)
+        if self.filled + n > len(self.rbuf):
+            return False
+        self.rbuf[self.filled:self.filled + n] = data
+        self.filled += n
+        return True
+
+    def take_fds(self, n: int) -> list:
+        return [self.fds.popleft() for _ in range(n)]
+
+    def consume(self, n: int) -> None:
+        if n:
+            rest = self.filled - n
+            if rest:
+                self.rbuf[:rest] = self.rbuf[n:self.filled]
+            self.filled = rest
+
+
+class FdSocket(StreamIn):
     """One connected stream socket in a ``Loop``.
 
     Received bytes accumulate in ``rbuf[:filled]`` and received fds in
@@ -45,10 +72,8 @@ class FdSocket:
         self.name = name
         self.on_data = on_data
         self.on_close = on_close
-        self.rbuf = bytearray(rbuf_size)
+        StreamIn.__init__(self, rbuf_size)
         self._rview = memoryview(self.rbuf)
-        self.filled = 0
-        self.fds: collections.deque[int] = collections.deque()
         self._out: collections.deque[list] = collections.deque()  # [memoryview, fds]
         self.out_bytes = 0
         self.closed = False
@@ -98,17 +123,6 @@ class FdSocket:
             return
         self.filled += n
         self.on_data(self, new_fds)
-
-    def consume(self, n: int) -> None:
-        """Forget the first ``n`` bytes of the input buffer."""
-        if n:
-            rest = self.filled - n
-            if rest:
-                self.rbuf[:rest] = self._rview[n:self.filled]
-            self.filled = rest
-
-    def take_fds(self, n: int) -> list[int]:
-        return [self.fds.popleft() for _ in range(n)]
 
     # -- writing -----------------------------------------------------------
     def write(self, data, fds: list[int] | tuple = (), *, own_fds: bool = True) -> None:

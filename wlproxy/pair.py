@@ -8,38 +8,15 @@ Used by the tests, ``wlproxy bench`` and the README demo.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from hostvm.procs import NotReady, stop_child, unix_accepts, wait_until
+
 PORT = 6000
-
-
-def _wait_for(cond, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text()[-2000:] if log and log.exists() else ""
-            raise RuntimeError(f"{what}: process exited with {proc.returncode}\n{tail}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not ready after {timeout}s")
-        time.sleep(0.01)
-
-
-def _connectable(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 def wlproxy_command() -> list[str]:
@@ -55,8 +32,34 @@ def _env_with_source(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-class HostHalf:
+class _Half:
+    """A ``wlproxy`` subprocess logging to a file; ready when ``ready_path`` accepts."""
+
+    what = "wlproxy"
+    proc: subprocess.Popen | None = None
+
+    def _spawn(self, args: list[str], env: Mapping[str, str], ready_path: Path, timeout: float) -> None:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(wlproxy_command() + ["-v", *args], env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: unix_accepts(ready_path), timeout, self.what, self.proc)
+        except NotReady as e:
+            raise RuntimeError(f"{e}\n{self.log_text()[-2000:]}") from None
+
+    def stop(self) -> int | None:
+        rc = stop_child(self.proc, 5.0, self.what) if self.proc is not None else None
+        self._log.close()
+        return rc
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+class HostHalf(_Half):
     """``wlproxy host`` listening on ``<run_dir>/vsock_<port>``."""
+
+    what = "host half"
 
     def __init__(self, compositor_env: Mapping[str, str], run_dir: Path, vm: str = "testvm", *,
                  port: int = PORT, extra: Sequence[str] = (), log_path: Path | None = None):
@@ -66,27 +69,18 @@ class HostHalf:
         self.link_path = self.run_dir / f"vsock_{port}"
         self.extra = list(extra)
         self.log_path = log_path or self.run_dir / f"host-{vm}.log"
-        self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 10.0) -> "HostHalf":
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        cmd = wlproxy_command() + ["-v", "host", "--listen", str(self.link_path), "--vm", self.vm, *self.extra]
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
-        _wait_for(lambda: _connectable(self.link_path), timeout, "host half", self.proc, self.log_path)
+        self._spawn(["host", "--listen", str(self.link_path), "--vm", self.vm, *self.extra], self.env,
+                    self.link_path, timeout)
         return self
 
-    def stop(self) -> int | None:
-        rc = _stop(self.proc)
-        self._log.close()
-        return rc
 
-    def log_text(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-
-class GuestHalf:
+class GuestHalf(_Half):
     """``wlproxy guest`` with its own XDG_RUNTIME_DIR, linked to ``link_path``."""
+
+    what = "guest half"
 
     def __init__(self, link_path: Path, runtime_dir: Path, display: str = "wayland-0", *,
                  extra: Sequence[str] = (), log_path: Path | None = None, link: str | None = None):
@@ -95,7 +89,6 @@ class GuestHalf:
         self.display = display
         self.extra = list(extra)
         self.log_path = log_path or self.runtime_dir.parent / f"guest-{self.runtime_dir.name}.log"
-        self.proc: subprocess.Popen | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -110,34 +103,11 @@ class GuestHalf:
 
     def start(self, timeout: float = 10.0) -> "GuestHalf":
         self.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        cmd = wlproxy_command() + ["-v", "guest", "--link", self.link, "--socket", self.display, *self.extra]
-        self._log = open(self.log_path, "ab")
         env = self.env()
         env.pop("WAYLAND_DISPLAY", None)
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        _wait_for(lambda: _connectable(self.socket_path), timeout, "guest half", self.proc, self.log_path)
+        self._spawn(["guest", "--link", self.link, "--socket", self.display, *self.extra], env,
+                    self.socket_path, timeout)
         return self
-
-    def stop(self) -> int | None:
-        rc = _stop(self.proc)
-        self._log.close()
-        return rc
-
-    def log_text(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-
-def _stop(proc: subprocess.Popen | None, timeout: float = 5.0) -> int | None:
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 class ProxyPair:

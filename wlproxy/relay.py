@@ -1,50 +1,23 @@
 """Feeding buffered input through a codec: the shared receive path.
 
-``pump`` runs the codec over everything a source has buffered (an
-``FdSocket``, or a ``StreamIn`` filled from the link) and hands the records
+``pump`` runs the codec over everything a ``StreamIn`` has buffered (an
+``FdSocket``, or one filled from the link) and hands the records
 on: contiguous ranges to forward, the messages the caller asked to see, or
 the error that ends the connection.
 """
 
 from __future__ import annotations
 
-import collections
 from typing import Callable
 
 from wlproxy import wire
 from wlproxy.codec import ERROR, MSG, Codec, Record, default_tables
+from wlproxy.fdsock import StreamIn
 from wlproxy.protocol import Interface, Message
 
 Forward = Callable[[memoryview, list], None]
 OnMessage = Callable[[Interface, Message, int, memoryview, list], None]
 OnError = Callable[[Record, str], None]
-
-
-class StreamIn:
-    """A bounded input buffer with queued fds, shaped like ``FdSocket``'s input."""
-
-    def __init__(self, size: int):
-        self.rbuf = bytearray(size)
-        self.filled = 0
-        self.fds: collections.deque = collections.deque()
-
-    def append(self, data) -> bool:
-        n = len(data)
-        if self.filled + n > len(self.rbuf):
-            return False
-        self.rbuf[self.filled:self.filled + n] = data
-        self.filled += n
-        return True
-
-    def take_fds(self, n: int) -> list:
-        return [self.fds.popleft() for _ in range(n)]
-
-    def consume(self, n: int) -> None:
-        if n:
-            rest = self.filled - n
-            if rest:
-                self.rbuf[:rest] = self.rbuf[n:self.filled]
-            self.filled = rest
 
 
 def pump(codec: Codec, direction: int, src, forward: Forward, message: OnMessage, error: OnError,
