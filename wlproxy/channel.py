@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Callable
 
 from wlproxy import link
 from wlproxy.codec import Codec, Record
-from wlproxy.fdsock import FdSocket, close_fds
+from wlproxy.fdsock import FdSocket, StreamIn, close_fds
 from wlproxy.protocol import Interface, Message
-from wlproxy.fdsock import StreamIn
 from wlproxy.relay import pump
 
 if TYPE_CHECKING:
