@@ -1,0 +1,204 @@
+"""The floor: the same bytes over the same kind of socket, by the simplest
+sender and receiver there are, from a mapped buffer into a mapped buffer.
+
+``python -m wlproxy.bench.floor receive PATH`` listens on a Unix socket and
+forks a receiver per connection: read a 16-byte header (payload length), then
+``recv_into`` a memfd mapping until the payload is in, then answer one byte.
+
+``python -m wlproxy.bench.floor send PATH`` takes the benchmark client's stdin
+commands (see :mod:`wlproxy.bench.client`) and answers the same JSON, timing
+for each frame one blocking ``sendmsg`` of header + the damaged rows straight
+from its own memfd mapping, until the receiver's byte is back.  Both ends set
+the link's socket options (:func:`wlproxy.linkio.tune_socket`), so the floor
+and wlproxy's link have the same kernel buffers.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+
+import numpy as np
+
+HDR = struct.Struct("<QQ")  # payload length, 0
+
+
+def _tune(sock: socket.socket) -> None:
+    try:
+        from wlproxy.linkio import tune_socket
+    except ImportError:
+        return
+    tune_socket(sock.fileno())
+
+
+def _recv_exact(sock: socket.socket, view: memoryview) -> bool:
+    pos, n = 0, len(view)
+    while pos < n:
+        k = sock.recv_into(view[pos:], n - pos)
+        if k == 0:
+            return False
+        pos += k
+    return True
+
+
+def _serve(conn: socket.socket) -> None:
+    _tune(conn)
+    size = 1 << 20
+    fd = os.memfd_create("wlproxy-floor", os.MFD_CLOEXEC)
+    os.ftruncate(fd, size)
+    mm = mmap.mmap(fd, size)
+    view = memoryview(mm)
+    hdr = bytearray(HDR.size)
+    while _recv_exact(conn, memoryview(hdr)):
+        n, _ = HDR.unpack(hdr)
+        if n > size:
+            view.release()
+            mm.close()
+            size = n
+            os.ftruncate(fd, size)
+            mm = mmap.mmap(fd, size)
+            view = memoryview(mm)
+        if n and not _recv_exact(conn, view[:n]):
+            break
+        conn.sendall(b"k")
+
+
+def receive(path: str) -> int:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # no zombies
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(path)
+    lst.listen(64)
+    while True:
+        conn, _ = lst.accept()
+        if os.fork() == 0:
+            lst.close()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            try:
+                _serve(conn)
+            finally:
+                os._exit(0)
+        conn.close()
+
+
+class FloorSender:
+    def __init__(self, path: str):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        _tune(self.sock)
+        self.ack = bytearray(1)
+        self.mm: mmap.mmap | None = None
+        self.width = self.height = self.stride = 0
+
+    def setup(self, width: int, height: int) -> dict:
+        if self.mm is not None:
+            self.view.release()
+            self.mm.close()
+        self.width, self.height, self.stride = width, height, width * 4
+        size = self.stride * height
+        fd = os.memfd_create("wlproxy-floor-send", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        self.mm = mmap.mmap(fd, size)
+        os.close(fd)
+        np.frombuffer(self.mm, dtype=np.uint32)[:] = np.random.default_rng(1).integers(
+            0, 1 << 32, size=width * height, dtype=np.uint32)
+        self.view = memoryview(self.mm)
+        return {"ok": True}
+
+    def _one(self, payload: list) -> float:
+        n = sum(len(p) for p in payload)
+        t0 = time.perf_counter()
+        self.sock.sendmsg([HDR.pack(n, 0), *payload])
+        if self.sock.recv_into(self.ack, 1) != 1:
+            raise RuntimeError("floor receiver went away")
+        return time.perf_counter() - t0
+
+    def _band(self, frac: float) -> memoryview:
+        rows = max(1, min(self.height, round(self.height * frac)))
+        y0 = (self.height - rows) // 2
+        return self.view[y0 * self.stride:(y0 + rows) * self.stride]
+
+    def frames(self, frac: float, n: int, warmup: int, extra: bytes = b"") -> dict:
+        band = self._band(frac)
+        payload = [extra, band] if extra else [band]
+        out = [self._one(payload) for _ in range(warmup + n)][warmup:]
+        return {"sync": out, "presented": [None] * n, "bytes_per_frame": len(band)}
+
+    def storm(self, n: int, warmup: int, requests: int) -> dict:
+        out = self.frames(0.0625, n, warmup, bytes(24 * requests))
+        out["request_bytes"] = 24 * requests
+        return out
+
+    def roundtrip(self, n: int, interval: float) -> dict:
+        msg = [bytes(12)]
+        out = []
+        for _ in range(n):
+            out.append(self._one(msg))
+            if interval:
+                time.sleep(interval)
+        return {"sync": out}
+
+    def stream(self, seconds: float) -> dict:
+        """Whole frames at most 60 per second (what weston's frame callbacks allow)."""
+        whole = [self.view[:self.stride * self.height]]
+        frames = 0
+        t_start = time.monotonic()
+        t_next = t_start
+        while time.monotonic() - t_start < seconds:
+            self._one(whole)
+            frames += 1
+            t_next += 1 / 60
+            delay = t_next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        el = time.monotonic() - t_start
+        return {"frames": frames, "seconds": el, "bytes": frames * self.stride * self.height}
+
+
+def send(path: str) -> int:
+    out = sys.stdout
+    s = FloorSender(path)
+    out.write(json.dumps({"ready": True, "presentation": False}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        parts = line.split()
+        if not parts:
+            continue
+        cmd, a = parts[0], parts[1:]
+        try:
+            if cmd == "quit":
+                break
+            if cmd == "setup":
+                res = s.setup(int(a[0]), int(a[1]))
+            elif cmd == "frame":
+                res = s.frames(float(a[0]), int(a[2]), int(a[3]))
+            elif cmd == "storm":
+                res = s.storm(int(a[0]), int(a[1]), int(a[2]))
+            elif cmd == "roundtrip":
+                res = s.roundtrip(int(a[0]), float(a[1]))
+            elif cmd == "stream":
+                res = s.stream(float(a[0]))
+            else:
+                res = {"error": f"unknown command {cmd!r}"}
+        except Exception as e:  # noqa: BLE001
+            res = {"error": f"{type(e).__name__}: {e}"}
+        out.write(json.dumps(res) + "\n")
+        out.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] not in ("send", "receive"):
+        print("usage: python -m wlproxy.bench.floor send|receive SOCKET", file=sys.stderr)
+        return 2
+    return send(argv[1]) if argv[0] == "send" else receive(argv[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
