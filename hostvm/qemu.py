@@ -125,7 +125,9 @@ def build_argv(cfg: VmConfig, files: VmFiles, qemu: str = QEMU) -> list[str]:
     """The qemu command line for ``cfg``."""
     cfg.check()
     dev = (lambda kind: f"{kind}-device") if cfg.machine == "microvm" else (lambda kind: f"{kind}-pci")
-    accel = ["-accel", "kvm", "-cpu", "host"] if cfg.accel == "kvm" else ["-accel", "tcg"]
+    # TCG's default CPU (qemu64) lacks SSE4.2 and POPCNT (x86-64-v2): programs built for today's
+    # baseline, numpy 2 among them, die of SIGILL in the guest. "max" is every feature TCG emulates.
+    accel = ["-accel", "kvm", "-cpu", "host"] if cfg.accel == "kvm" else ["-accel", "tcg", "-cpu", "max"]
     for sock in [files.qmp, *(files.port_socket(p) for p in cfg.ports)]:
         if len(os.fsencode(sock)) > SUN_PATH_MAX:
             raise QemuError(f"socket path too long for a Unix socket: {sock}")

@@ -72,7 +72,7 @@ def test_argv_microvm_tcg(files_for):
     cfg = VmConfig("vm1", files_for / "vmlinux", files_for / "initrd", cmdline="quiet", share_root=Path("/"))
     files = VmFiles.under(Path("/run/vm/vm1"))
     argv = qemu.build_argv(cfg, files, "qemu-system-x86_64")
-    assert opt(argv, "-M") == ["microvm"] and opt(argv, "-accel") == ["tcg"]
+    assert opt(argv, "-M") == ["microvm"] and opt(argv, "-accel") == ["tcg"] and opt(argv, "-cpu") == ["max"]
     assert opt(argv, "-append") == ["console=ttyS0 panic=-1 tsc_early_khz=2000000 quiet"]
     assert "-no-reboot" in argv and opt(argv, "-initrd") == [str(files_for / "initrd")]
     assert opt(argv, "-fsdev") == ["local,id=fs0,path=/,security_model=none,readonly=on,multidevs=remap"]
