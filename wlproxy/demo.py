@@ -6,6 +6,11 @@ guest half listens where the VM's clients would connect; ``wlproxy trace``
 sits in front of the guest half so you see every message the client sent and
 received; a real client (weston-simple-shm by default) draws into weston
 through all of it.  A screenshot of weston's output is saved at the end.
+
+``--vm`` does it with a real VM instead (:func:`run_vm`): ``wlproxy vm start
+--hypervisor qemu`` boots a Linux guest under TCG whose guest half links to the
+host half over a virtio-console port; the pywayland pattern client and then
+weston-simple-shm run inside the guest (see :mod:`hostvm.scenario`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--screenshot", metavar="PNG",
                    help="where to save the screenshot (default: $XDG_CACHE_HOME/wlproxy/demo/)")
     p.add_argument("--trace-lines", type=int, default=25, help="trace lines to show (default: %(default)s)")
+    p.add_argument("--vm", action="store_true",
+                   help="run the clients in a real VM: 'wlproxy vm start --hypervisor qemu' (TCG) boots a Linux "
+                   "guest with the guest half inside; the pywayland pattern client, then weston-simple-shm "
+                   "(for --seconds) draw from it; --client and --trace-lines do not apply")
 
 
 def _step(text: str) -> None:
@@ -40,6 +49,8 @@ def _default_shot() -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.vm:
+        return run_vm(args)
     import numpy as np
 
     from wlproxy.clients.screenshot import screenshot
@@ -106,3 +117,95 @@ def run(args: argparse.Namespace) -> int:
     print("demo: OK" if ok else "demo: FAILED (no window appeared)")
     return 0 if ok else 1
 
+
+
+def run_vm(args: argparse.Namespace) -> int:
+    """``wlproxy demo --vm``: the same path with a real guest (see :mod:`hostvm.scenario`)."""
+    from hostvm import image, qemu
+    from hostvm.scenario import AppVmSession, ScenarioError, toplevel_titles, weston_requests
+    from wlproxy.clients.pattern import frame_pixels
+    from wlproxy.clients.screenshot import screenshot
+    from wlproxy.weston import Weston, weston_available
+
+    if reason := weston_available():
+        raise UserError(reason)
+    try:
+        qemu.find_qemu()
+    except qemu.QemuError as e:
+        raise UserError(str(e)) from None
+    shot_path = Path(args.screenshot) if args.screenshot else _default_shot().with_suffix(".vm.png")
+    shm_path = shot_path.with_name(shot_path.stem + "-simple-shm" + shot_path.suffix)
+    _step("guest image: Debian's generic kernel and a busybox initramfs (built once, then cached)")
+    try:
+        img = image.build_image()
+    except image.ImageError as e:
+        raise UserError(f"cannot build the guest image: {e}") from None
+    print(f"    {img.vmlinux} ({img.kernel_version})\n    {img.initramfs}")
+    vm_name, w, h, pat = "demo", 240, 160, "gradient"
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="wld-") as tmp:  # short: the VM's sockets live there
+        _step("starting weston (headless, pixman renderer, 800x600, 'proto' log scope on)")
+        with Weston(800, 600, debug=True, extra_args=["--logger-scopes=log,proto"]) as weston, \
+                AppVmSession(img, weston.env(), weston.display, Path(tmp), name=vm_name, width=w, height=h,
+                             pattern=pat, shm_seconds=args.seconds) as vm:
+            try:
+                _step(f"wlproxy vm start {vm_name} --hypervisor qemu --detach: host half, then qemu (TCG)")
+                res = vm.start()
+                if res.returncode != 0:
+                    raise ScenarioError(f"vm start failed: {res.stderr.strip()}")
+                print(f"    run dir {vm.paths.vm_dir}, guest console {vm.paths.serial_log}")
+                uptime = vm.wait_booted()
+                t = vm.times
+                _step(f"guest booted: host root mounted after {t['guest root mounted']:.1f} s (guest uptime "
+                      f"{uptime:.1f} s), guest half listening after {t['guest half listening']:.1f} s")
+                _step("the pattern client (pywayland) starts inside the guest; waiting for its first frame")
+                vm.wait_first_frame()
+                shot, found = vm.wait_on_screen(lambda: screenshot(weston.display, weston.runtime_dir),
+                                                frame_pixels(pat, w, h, 0))
+                shot.save(shot_path)
+                titles = [title for _, title in toplevel_titles(weston.log_text())]
+                if found:
+                    _step(f"first frame on weston's screen {t['first frame on screen']:.1f} s after vm start: "
+                          f"the {w}x{h} pattern at {found[0]}, every pixel as drawn in the guest")
+                else:
+                    problems.append("the pattern is not on weston's screen")
+                _step(f"toplevel titles weston received: {', '.join(repr(x) for x in titles)}")
+                if f"[{vm_name}] {vm.title}" not in titles:
+                    problems.append(f"weston saw no toplevel titled '[{vm_name}] {vm.title}'")
+                if vm.release_pattern() != 0:
+                    problems.append("the pattern client failed")
+                _step(f"weston-simple-shm inside the guest for {args.seconds:g} s")
+                vm.wait_simple_shm_started()
+                time.sleep(min(args.seconds / 2, 2.0))
+                screenshot(weston.display, weston.runtime_dir).save(shm_path)
+                report = vm.wait_simple_shm()
+                log = weston.log_text()
+                clients = [c for c, title in toplevel_titles(log) if title == f"[{vm_name}] simple-shm"]
+                commits = weston_requests(log, clients[0], "wl_surface.commit") if clients else 0
+                ok = report["ran"] and report["status"] == 0 and report["stderr"] == "simple-shm exiting|"
+                _step(f"weston-simple-shm {'ran without error' if ok else 'FAILED: ' + str(report)}; "
+                      f"weston got {commits} frames from it")
+                if not ok or not commits:
+                    problems.append("weston-simple-shm did not run cleanly")
+                vm.wait_idle()
+                _step(f"wlproxy vm stop {vm_name}")
+                res = vm.stop()
+                print("    wlproxy vm stop: " + (res.stdout.strip() or res.stderr.strip()))
+                left = vm.paths.vm_dir.exists()
+                _step("host half stopped, run dir removed" if res.returncode == 0 and not left
+                      else f"stop failed or left {vm.paths.vm_dir} behind")
+                if res.returncode != 0 or left:
+                    problems.append("vm stop did not clean up")
+            except ScenarioError as e:
+                problems.append(str(e))
+    print()
+    if vm.times:
+        _step("timeline (seconds after 'vm start'): " + vm.timing_summary())
+    for p in problems:
+        print(f"    problem: {p}")
+    if shot_path.exists():
+        _step(f"screenshot of weston's output (the pattern client): {shot_path}")
+    if shm_path.exists():
+        _step(f"screenshot of weston's output (weston-simple-shm): {shm_path}")
+    print("demo: OK" if not problems else "demo: FAILED")
+    return 0 if not problems else 1
