@@ -143,3 +143,122 @@ void shm_copy_spans(const uint8_t *src, uint8_t *dst, const struct shm_span *spa
     for (uint32_t i = 0; i < nspans; i++)
         memcpy(dst + spans[i].offset, src + spans[i].offset, spans[i].len);
 }
+
+#define CHUNK 4096
+#define SAMPLE_EVERY 16384 /* one sample per 16 KiB of damage ... */
+#define SAMPLE_LEN 256     /* ... of 256 bytes: 1/64 of the memory */
+
+/* Diff one span [p, end) against the shadow: 4 KiB memcmp first, 64-byte
+ * blocks only inside the 4 KiB pieces that differ; differing blocks go to the
+ * shadow, runs of them (gaps up to merge_gap bridged, within this span only)
+ * to `out`.  Keeps one slot of `out` free: returns 1, with *from set, when
+ * it would need it (the caller then sends everything from *from on whole). */
+static int diff_span(const uint8_t *pool, uint8_t *shadow, uint64_t p, uint64_t end, uint32_t merge_gap,
+                     struct shm_span *out, uint32_t *n, uint32_t out_cap, uint64_t *changed, uint64_t *from)
+{
+    uint64_t run_start = 0, run_end = 0;
+    int in_run = 0;
+    while (p < end) {
+        uint64_t q = (p + CHUNK) & ~(uint64_t)(CHUNK - 1);
+        if (q > end)
+            q = end;
+        if (memcmp(pool + p, shadow + p, q - p) != 0) {
+            for (uint64_t b = p; b < q;) {
+                uint64_t bq = (b + BLOCK) & ~(uint64_t)(BLOCK - 1);
+                if (bq > q)
+                    bq = q;
+                if (memcmp(pool + b, shadow + b, bq - b) != 0) {
+                    if (in_run && b - run_end <= merge_gap) {
+                        run_end = bq;
+                    } else {
+                        if (in_run) {
+                            if (*n + 2 > out_cap) {
+                                *from = run_start;
+                                return 1;
+                            }
+                            emit(out, n, out_cap, run_start, (uint32_t)(run_end - run_start));
+                        }
+                        run_start = b, run_end = bq, in_run = 1;
+                    }
+                    memcpy(shadow + b, pool + b, bq - b);
+                    *changed += bq - b;
+                }
+                b = bq;
+            }
+        }
+        p = q;
+    }
+    if (in_run) {
+        if (*n + 2 > out_cap) {
+            *from = run_start;
+            return 1;
+        }
+        emit(out, n, out_cap, run_start, (uint32_t)(run_end - run_start));
+    }
+    return 0;
+}
+
+/* One commit of one buffer, given its damaged row spans (shm_collect_rows):
+ *  SHM_DIFF:   the sub-spans that differ from the shadow go to `out`; the
+ *              shadow is brought up to date.  stats[1] = changed bytes.
+ *  SHM_DIRECT: the row spans go to `out` as they are; 1/64 of them (256
+ *              bytes every 16 KiB of damage) is compared with the shadow and
+ *              copied into it: stats[1] = changed of stats[2] sampled bytes,
+ *              to tell when diffing would pay again.
+ *  SHM_RESYNC: the row spans go to `out` and are copied into the shadow.
+ * stats[0] = bytes examined.  When `out` fills up, the last span covers
+ * everything from there to the end of the last row and is copied into the
+ * shadow too, so the shadow never differs from what the host was sent.
+ * Returns the number of spans in `out` (out_cap >= 2). */
+uint32_t shm_commit(const uint8_t *pool, uint8_t *shadow, const struct shm_span *rows, uint32_t nrows,
+                    uint32_t mode, uint32_t merge_gap, struct shm_span *out, uint32_t out_cap, uint64_t *stats)
+{
+    uint32_t n = 0;
+    uint64_t examined = 0, changed = 0, sampled = 0, acc = 0;
+    stats[0] = stats[1] = stats[2] = 0;
+    if (nrows == 0 || out_cap < 2)
+        return 0;
+    uint64_t last_end = rows[nrows - 1].offset + rows[nrows - 1].len;
+    for (uint32_t i = 0; i < nrows; i++) {
+        uint64_t off = rows[i].offset, end = off + rows[i].len, from = off;
+        int full = n + 2 > out_cap;
+        if (!full && mode == SHM_DIFF)
+            full = diff_span(pool, shadow, off, end, merge_gap, out, &n, out_cap, &changed, &from);
+        if (full) {
+            /* out of room: one last span to the end, into the shadow too */
+            memcpy(shadow + from, pool + from, last_end - from);
+            changed += last_end - from;
+            for (uint32_t j = i; j < nrows; j++)
+                examined += rows[j].len;
+            emit(out, &n, out_cap, from, (uint32_t)(last_end - from));
+            break;
+        }
+        examined += rows[i].len;
+        if (mode == SHM_DIFF)
+            continue;
+        emit(out, &n, out_cap, off, rows[i].len);
+        if (mode == SHM_RESYNC) {
+            memcpy(shadow + off, pool + off, rows[i].len);
+            changed += rows[i].len;
+            continue;
+        }
+        /* SHM_DIRECT: a sample at every SAMPLE_EVERY bytes of damage */
+        uint64_t next = (acc + SAMPLE_EVERY - 1) / SAMPLE_EVERY * SAMPLE_EVERY;
+        while (next < acc + rows[i].len) {
+            uint64_t b = off + (next - acc), e = b + SAMPLE_LEN;
+            if (e > end)
+                e = end;
+            sampled += e - b;
+            if (memcmp(pool + b, shadow + b, e - b) != 0) {
+                changed += e - b;
+                memcpy(shadow + b, pool + b, e - b);
+            }
+            next += SAMPLE_EVERY;
+        }
+        acc += rows[i].len;
+    }
+    stats[0] = examined;
+    stats[1] = changed;
+    stats[2] = sampled;
+    return n;
+}

@@ -25,6 +25,7 @@ from wlproxy.relay import display_error
 from wlproxy.session import LinkSession
 from wlproxy.shm import FULL, GuestBuffer, GuestPool, Differ, union
 from wlproxy.transport import Endpoint, connect, parse
+from wlproxy.virtio_port import end_stale_frame
 from wlproxy.wlsocket import ListeningSocket, SocketError, activated_sockets
 
 log = logging.getLogger("wlproxy.guest")
@@ -45,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "ignored when a socket comes from socket activation (LISTEN_FDS)")
     p.add_argument("--reconnect", type=float, default=1.0, metavar="SECONDS",
                    help="retry interval when the link is down (default: %(default)s)")
+    p.add_argument("--link-wait", type=float, default=10.0, metavar="SECONDS",
+                   help="how long a client that connects while the link is down waits for it before it "
+                   "is refused (default: %(default)s)")
     p.add_argument("--no-diff", action="store_true", help="send damaged pixels without the shadow diff")
 
 
@@ -264,7 +268,7 @@ class GuestChannel(Channel):
         t = self.owner.differ.transfer(buf, region)
         if not t.spans:
             return
-        total = sum(n for _, n in t.spans)
+        total = t.total
         self.owner.stats_bytes += total
         mm = t.pool.mm
         key, ch = t.pool.key, self.ch
@@ -296,6 +300,9 @@ class GuestChannel(Channel):
         self.surfaces.clear()
 
 
+HELLO_TIMEOUT = 5.0  # seconds the host half has to answer a new link with its HELLO
+
+
 class GuestLink(LinkSession):
     side = "guest"
     accept = frozenset({link.HELLO, link.ERROR, link.CLOSE, link.DATA, link.CREDIT, link.FD_KEYMAP,
@@ -307,21 +314,34 @@ class GuestLink(LinkSession):
         self.differ = server.differ
         self.next_channel = 1
         self.stats_bytes = 0
-        self.backlog: list[socket.socket] = []
+        self._hello_timer = None
         super().__init__(server.loop, fd, name=name)
+        if not self.closed:
+            self._hello_timer = self.loop.call_later(HELLO_TIMEOUT, self._no_hello)
 
     def peer_pipe_id_ok(self, pid: int) -> bool:
         return pid >= 0x80000000
 
     def on_hello(self) -> None:
-        for s in self.backlog:
-            self.add_client(s)
-        self.backlog.clear()
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        self.server.link_ready(self)
+
+    def _no_hello(self) -> None:
+        """The host half said nothing.  On a virtio-console port, the stream outlives the guest
+        half: a predecessor that died in the middle of a frame left the host waiting for the
+        rest, and our HELLO went into that frame.  End the frame for it, so that the host half
+        drops that stale link and qemu connects afresh; then start over."""
+        if self.closed or self.peer_window:
+            return
+        reason = f"no HELLO from the host half within {HELLO_TIMEOUT:g} s"
+        if self.server.endpoint.kind == "virtio-port":
+            sent = end_stale_frame(self.fd)
+            log.warning("%s: %s; sent %d bytes to end a frame a previous guest half left unfinished",
+                        self.name, reason, sent)
+        self.shutdown(reason, violation=False)
 
     def add_client(self, sock: socket.socket) -> None:
-        if not self.peer_window:
-            self.backlog.append(sock)
-            return
         ch = self.next_channel
         self.next_channel += 1
         self.channels[ch] = GuestChannel(self, ch, sock)
@@ -346,22 +366,29 @@ class GuestLink(LinkSession):
         ch.close(f"link lost: {reason}", notify=False, flush_local=True)
 
     def on_shutdown(self, reason: str) -> None:
-        for s in self.backlog:
-            s.close()
-        self.backlog.clear()
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
         self.server.link_down(reason)
 
 
 class GuestServer:
-    """The listening socket, the link and its reconnection."""
+    """The listening socket, the link and its reconnection.
 
-    def __init__(self, loop: Loop, listeners: list, endpoint: Endpoint, retry: float, differ: Differ):
+    A client that connects while there is no link up (not yet, or being re-established)
+    waits for the next one, up to ``link_wait`` seconds, before it is refused.
+    """
+
+    def __init__(self, loop: Loop, listeners: list, endpoint: Endpoint, retry: float, differ: Differ,
+                 link_wait: float = 10.0):
         self.loop = loop
         self.listeners = listeners
         self.endpoint = endpoint
         self.retry = retry
         self.differ = differ
+        self.link_wait = link_wait
         self.link: GuestLink | None = None
+        self.waiting: list[socket.socket] = []  # clients waiting for a link that has said HELLO
+        self.stopping = False
         for lst in listeners:
             loop.add_reader(lst.fileno(), lambda lst=lst: self._accept(lst))
         self._connect()
@@ -378,10 +405,43 @@ class GuestServer:
             self.link = lk
             log.info("connected to the host half at %s", self.endpoint)
 
+    def link_ready(self, lk: GuestLink) -> None:
+        """The host half said HELLO: the waiting clients go to it."""
+        waiting, self.waiting = self.waiting, []
+        for sock in waiting:
+            lk.add_client(sock)
+
     def link_down(self, reason: str) -> None:
-        log.warning("link to the host half lost (%s); reconnecting", reason)
         self.link = None
+        if self.stopping:
+            return
+        log.warning("link to the host half lost (%s); reconnecting", reason)
         self.loop.call_later(self.retry, self._connect)
+
+    def _wait_for_link(self, conn: socket.socket) -> None:
+        self.waiting.append(conn)
+        self.loop.call_later(self.link_wait, lambda: self._give_up(conn))
+
+    def _give_up(self, conn: socket.socket) -> None:
+        if conn not in self.waiting:
+            return  # it got a link
+        self.waiting.remove(conn)
+        log.warning("a client waited %g s for the link to the host half: refused", self.link_wait)
+        try:
+            conn.setblocking(False)
+            conn.send(display_error(1, IMPLEMENTATION, "wlproxy: the host half is not reachable"))
+        except OSError:
+            pass
+        conn.close()
+
+    def close(self) -> None:
+        """Stop: the link and any client still waiting for one."""
+        self.stopping = True
+        if self.link is not None:
+            self.link.shutdown("guest half stopping", violation=False)
+        for conn in self.waiting:
+            conn.close()
+        self.waiting.clear()
 
     def _accept(self, lst) -> None:
         try:
@@ -392,9 +452,8 @@ class GuestServer:
             conn = conn[0]
         if conn is None:
             return
-        if self.link is None or self.link.closed:
-            conn.sendall(display_error(1, IMPLEMENTATION, "wlproxy: the host half is not reachable"))
-            conn.close()
+        if self.link is None or self.link.closed or not self.link.peer_window:
+            self._wait_for_link(conn)
             return
         self.link.add_client(conn)
 
@@ -419,13 +478,12 @@ def run(args: argparse.Namespace) -> int:
         log.info("listening on %s", owned.path)
     differ = Differ()
     differ.enabled = not args.no_diff
-    server = GuestServer(loop, listeners, endpoint, args.reconnect, differ)
+    server = GuestServer(loop, listeners, endpoint, args.reconnect, differ, args.link_wait)
     loop.stop_on_signals()
     try:
         loop.run()
     finally:
-        if server.link is not None:
-            server.link.shutdown("guest half stopping", violation=False)
+        server.close()
         if owned is not None:
             owned.close()
     return 0

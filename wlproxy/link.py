@@ -193,16 +193,24 @@ class LinkDecoder:
             self._shm = None
 
     def feed(self, data) -> list[Frame | ShmChunk]:
+        """Decode ``data``.  With nothing buffered from earlier calls, SHM
+        payload chunks are views of ``data`` itself (no copy): use them
+        before ``data`` changes."""
         out: list[Frame | ShmChunk] = []
-        self._buf += data
-        buf = self._buf
+        held = bool(self._buf)
+        if held:
+            self._buf += data
+            buf = self._buf
+        else:
+            buf = data
         pos = 0
         n = len(buf)
         while pos < n:
             s = self._shm
             if s is not None:
                 take = min(s[3], n - pos)
-                out.append(ShmChunk(s[0], s[1], s[2], memoryview(bytes(buf[pos:pos + take]))))
+                piece = memoryview(bytes(buf[pos:pos + take])) if held else memoryview(buf)[pos:pos + take]
+                out.append(ShmChunk(s[0], s[1], s[2], piece))
                 pos += take
                 s[2] += take
                 s[3] -= take
@@ -246,7 +254,10 @@ class LinkDecoder:
             if ftype == HELLO:
                 self.hello_seen = True
             out.append(Frame(ftype, channel, payload))
-        del buf[:pos]
+        if held:
+            del buf[:pos]
+        elif pos < n:
+            self._buf += buf[pos:n]
         return out
 
 

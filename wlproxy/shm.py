@@ -6,8 +6,8 @@ host (this commit's damage, plus damage the surface took while this buffer
 was not attached, or the whole buffer the first time) becomes byte spans,
 diffed against the shadow in C so only changed bytes cross the link.  A
 buffer whose content changes wholesale skips the diff (no extra pass over
-memory) and is re-synchronised now and then to find out whether diffing pays
-again.
+memory) and compares only a 1/64 sample to find out when diffing pays again
+(see :class:`Differ`).
 
 Host side: a memfd per pool, created for weston, written from SHM_DATA.
 """
@@ -101,8 +101,7 @@ class GuestBuffer:
     stride: int
     format: int
     mode: int = DIFF
-    frames_in_mode: int = 0
-    stale: Rects | None = field(default_factory=list)  # shadow out of date here (DIRECT mode)
+    stale: Rects | None = field(default_factory=list)  # shadow out of date here (after DIRECT frames)
 
     def bounds_ok(self) -> bool:
         bpp = BYTES_PER_PIXEL.get(self.format, 1)
@@ -113,84 +112,105 @@ class GuestBuffer:
 class Transfer:
     """The spans of one commit: (offset, length) pairs in the pool, plus stats."""
 
-    __slots__ = ("pool", "spans", "changed", "examined")
+    __slots__ = ("pool", "spans", "changed", "examined", "total")
 
     def __init__(self, pool: GuestPool, spans: list[tuple[int, int]], changed: int, examined: int):
         self.pool = pool
         self.spans = spans
         self.changed = changed
         self.examined = examined
+        self.total = sum(n for _, n in spans)
+
+
+ROWS_CAP = 8192
+RECTS_CAP = 256
 
 
 class Differ:
-    """Turns a buffer and a damage region into the spans to send (C does the work)."""
+    """Turns a buffer and a damage region into the spans to send: two C calls
+    per commit (damage rects to row spans; then diff, direct or resync).
 
-    def __init__(self, cap: int = 4096, merge_gap: int = 256, wholesale: float = 0.7, probe_every: int = 16):
+    Adaptive per buffer.  DIFF: send only what differs from the shadow copy
+    of what the host has (costs a compare pass; pays when content repeats).
+    When most of a large damage changed, the buffer goes DIRECT: damage is
+    sent as it is, with no pass of its own over memory except a 1/64 sample
+    compared with the shadow; when the sample says most of it repeats, the
+    buffer goes back to DIFF, after one RESYNC commit that sends and copies
+    into the shadow everything the DIRECT commits left stale."""
+
+    def __init__(self, cap: int = 4096, merge_gap: int = 256, wholesale: float = 0.7, back: float = 0.5,
+                 min_direct: int = 1 << 16):
         self.cap = cap
         self.merge_gap = merge_gap
-        self.wholesale = wholesale
-        self.probe_every = probe_every
-        self._rows = ffi.new("struct shm_span[]", cap + 1)
+        self.wholesale = wholesale  # DIFF -> DIRECT above this changed fraction
+        self.back = back            # DIRECT -> DIFF below this sampled changed fraction
+        self.min_direct = min_direct  # smaller damage is always diffed
+        self._rows = ffi.new("struct shm_span[]", ROWS_CAP + 1)
         self._out = ffi.new("struct shm_span[]", cap)
-        self._done = ffi.new("uint32_t *")
-        self._changed = ffi.new("uint64_t *")
+        self._rects = ffi.new("int32_t[]", 4 * RECTS_CAP)
+        self._stats = ffi.new("uint64_t[3]")
         self.enabled = True
 
-    def _spans_of(self, buf: GuestBuffer, region: Rects | None) -> tuple[object, int] | None:
+    def _collect(self, buf: GuestBuffer, region: Rects | None) -> tuple[int, Rects | None]:
+        """Row spans of ``region`` into ``self._rows``: (count, the region they cover)."""
         bpp = BYTES_PER_PIXEL.get(buf.format)
-        if bpp is None or region is FULL:
-            if bpp is None:  # unknown layout: whole rows
-                n = lib.shm_collect_rows(buf.offset, buf.stride, 1, buf.stride, buf.height,
-                                         ffi.new("int32_t[]", [0, 0, buf.stride, buf.height]), 1, self._rows, self.cap)
-                return self._rows, n
-            rects = [0, 0, buf.width, buf.height]
+        if bpp is None:  # unknown layout: whole rows of the whole buffer
+            self._rects[0:4] = [0, 0, buf.stride, buf.height]
+            n = lib.shm_collect_rows(buf.offset, buf.stride, 1, buf.stride, buf.height, self._rects, 1,
+                                     self._rows, ROWS_CAP)
+            return n, FULL
+        if region is FULL or len(region) > RECTS_CAP:
+            region = FULL
+            flat = [0, 0, buf.width, buf.height]
         else:
-            rects = [v for r in region for v in r]
-        crects = ffi.new("int32_t[]", rects)
-        n = lib.shm_collect_rows(buf.offset, buf.stride, bpp, buf.width, buf.height, crects,
-                                 len(rects) // 4, self._rows, self.cap)
-        if n > self.cap:  # too fragmented: whole rows of the bounding box
-            ys = [r[1] for r in region] if region else [0]
-            ye = [r[1] + r[3] for r in region] if region else [buf.height]
-            box = ffi.new("int32_t[]", [0, min(ys), buf.width, max(ye) - min(ys)])
-            n = lib.shm_collect_rows(buf.offset, buf.stride, bpp, buf.width, buf.height, box, 1, self._rows, self.cap)
-        return self._rows, n
+            flat = [v for r in region for v in r]
+        self._rects[0:len(flat)] = flat
+        n = lib.shm_collect_rows(buf.offset, buf.stride, bpp, buf.width, buf.height, self._rects,
+                                 len(flat) // 4, self._rows, ROWS_CAP)
+        if n > ROWS_CAP:  # too fragmented: whole rows of the bounding box
+            y0 = min(r[1] for r in region) if region else 0
+            y1 = max(r[1] + r[3] for r in region) if region else buf.height
+            region = [(0, y0, buf.width, y1 - y0)]
+            self._rects[0:4] = [0, y0, buf.width, y1 - y0]
+            n = lib.shm_collect_rows(buf.offset, buf.stride, bpp, buf.width, buf.height, self._rects, 1,
+                                     self._rows, ROWS_CAP)
+        return n, region
 
     def transfer(self, buf: GuestBuffer, region: Rects | None) -> Transfer:
         pool = buf.pool
         if pool.mm is None or not buf.bounds_ok():
             return Transfer(pool, [], 0, 0)
-        res = self._spans_of(buf, region)
-        rows, n = res  # type: ignore[misc]
-        examined = sum(rows[i].len for i in range(n))
-        src = ffi.from_buffer(pool.mm)
-        shadow = ffi.from_buffer(pool.shadow)
-        buf.frames_in_mode += 1
-        if buf.mode == DIRECT or not self.enabled:
-            if self.enabled and buf.frames_in_mode >= self.probe_every:
-                # re-sync the shadow (one extra pass, now and then) and diff again next time
-                if buf.stale:
-                    res2 = self._spans_of(buf, union(region, buf.stale))
-                    rows, n = res2  # type: ignore[misc]
-                lib.shm_copy_spans(src, shadow, rows, n)
-                buf.stale = []
-                buf.mode, buf.frames_in_mode = DIFF, 0
-            elif self.enabled:
-                buf.stale = union(buf.stale, region if region is not FULL else [(0, 0, buf.width, buf.height)])
+        if not self.enabled:
+            n, _ = self._collect(buf, region)
+            rows = self._rows
             spans = [(rows[i].offset, rows[i].len) for i in range(n)]
-            return Transfer(pool, spans, examined, examined)
-        spans: list[tuple[int, int]] = []
-        changed = 0
-        done = 0
-        while done < n:
-            k = lib.shm_diff(src, shadow, rows + done, n - done, self._out, self.cap, self.merge_gap,
-                             self._done, self._changed)
-            spans.extend((self._out[i].offset, self._out[i].len) for i in range(k))
-            changed += self._changed[0]
-            done += self._done[0]
-        if examined and changed > self.wholesale * examined and examined >= 1 << 16:
-            buf.mode, buf.frames_in_mode = DIRECT, 0
-        return Transfer(pool, spans, changed, examined)
+            t = Transfer(pool, spans, 0, 0)
+            t.changed = t.examined = t.total
+            return t
+        if buf.mode == DIRECT:
+            mode = lib.SHM_DIRECT
+        elif buf.stale:
+            mode = lib.SHM_RESYNC
+            region = union(region, buf.stale)
+        else:
+            mode = lib.SHM_DIFF
+        n, covered = self._collect(buf, region)
+        st = self._stats
+        k = lib.shm_commit(ffi.from_buffer(pool.mm), ffi.from_buffer(pool.shadow), self._rows, n, mode,
+                           self.merge_gap, self._out, self.cap, st)
+        examined, changed, sampled = st[0], st[1], st[2]
+        if mode == lib.SHM_DIFF:
+            if examined >= self.min_direct and changed > self.wholesale * examined:
+                buf.mode = DIRECT
+        elif mode == lib.SHM_RESYNC:
+            buf.stale = []
+        else:
+            buf.stale = union(buf.stale, covered if covered is not FULL else [(0, 0, buf.width, buf.height)])
+            if sampled >= 2048 and changed < self.back * sampled:
+                buf.mode = DIFF  # the next commit resyncs, then diffs
+        out = self._out
+        spans = [(out[i].offset, out[i].len) for i in range(k)] if k > 1 else ([(out[0].offset, out[0].len)] if k else [])
+        return Transfer(pool, spans, changed if mode != lib.SHM_DIRECT else examined, examined)
 
 
 class HostPool:
