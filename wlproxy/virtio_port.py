@@ -8,6 +8,8 @@ the port (qemu ``virtserialport,name=NAME``) is in
 
 from __future__ import annotations
 
+import os
+import select
 import time
 from pathlib import Path
 
@@ -91,3 +93,49 @@ def wait_host_connected(fd: int, timeout: float) -> bool:
             return False
         time.sleep(min(delay, left))
         delay = min(delay * 2, 0.1)
+
+
+def stale_frame_limit() -> int:
+    """The most bytes a host half can still be waiting for to end one frame, plus a header."""
+    from wlproxy import link
+
+    lim = link.Limits()
+    largest = max(lim.max_data, lim.max_shm_chunk + link.SHM_HEADER.size, lim.max_pipe_chunk + 4,
+                  lim.max_control, lim.max_keymap)
+    return link.HEADER_SIZE + largest + link.HEADER_SIZE
+
+
+def end_stale_frame(fd: int, limit: int | None = None, timeout: float = 10.0) -> int:
+    """Write zero bytes to the port until the host side disconnects, ``limit`` bytes
+    (default :func:`stale_frame_limit`) are written, or ``timeout`` seconds pass; return
+    how many were written.
+
+    A virtio-console port is one byte stream for the life of the VM, whoever opens it in the
+    guest: a guest program that died in the middle of writing a link frame leaves the host
+    half waiting for the rest, and the next program's HELLO disappears into that frame.
+    Zeros end the frame, and twelve more are a header the host half refuses (frame type 0),
+    so it drops that stale link; qemu then connects a fresh one.
+    """
+    if limit is None:
+        limit = stale_frame_limit()
+    zeros = bytes(1 << 16)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    deadline = time.monotonic() + timeout
+    sent = 0
+    while sent < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        events = poller.poll(int(min(left, 0.1) * 1000))
+        if not events:
+            continue
+        if events[0][1] & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            break  # the host side went away: the stale link is gone
+        try:
+            sent += os.write(fd, zeros[:min(len(zeros), limit - sent)])
+        except (BlockingIOError, InterruptedError):
+            continue
+        except OSError:
+            break
+    return sent
