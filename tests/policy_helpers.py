@@ -4,24 +4,40 @@ policy files, audit-line parsing and the host half's memory use."""
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Mapping
 
-from wlproxy.pair import HostHalf, ProxyPair, _wait_for, _connectable, wlproxy_command
+from wlproxy.pair import HostHalf, ProxyPair, wlproxy_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = str(Path(__file__).resolve().parent / "policy_clients.py")
 
 
+def _accepts(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 class PolicyHost(HostHalf):
-    """``wlproxy --log-format FMT -v host ... --policy FILE``."""
+    """``wlproxy --log-format FMT -v host ... --policy FILE`` (started and
+    stopped here, so only HostHalf's constructor and attributes are relied on)."""
 
     def __init__(self, compositor_env: Mapping[str, str], run_dir: Path, vm: str, policy: Path | None,
                  *, log_format: str = "json", log_path: Path | None = None):
         super().__init__(compositor_env, run_dir, vm, extra=["--policy", str(policy)] if policy else [],
                          log_path=log_path)
         self.log_format = log_format
+        self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 10.0) -> "PolicyHost":
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -29,8 +45,27 @@ class PolicyHost(HostHalf):
                                    "--vm", self.vm, *self.extra]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
-        _wait_for(lambda: _connectable(self.link_path), timeout, "host half", self.proc, self.log_path)
+        end = time.monotonic() + timeout
+        while not _accepts(self.link_path):
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self.stop()
+                raise RuntimeError(f"host half did not start:\n{self.log_text()[-2000:]}")
+            time.sleep(0.01)
         return self
+
+    def stop(self) -> int | None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode if self.proc is not None else None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
 
     def audit(self, event: str | None = None) -> list[dict]:
         return audit_events(self.log_text(), event)

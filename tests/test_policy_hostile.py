@@ -299,40 +299,72 @@ def test_too_many_clients(host: PolicyHost) -> None:
 
 
 def test_guest_that_stops_reading_its_link(weston: Weston, tmp_path: Path) -> None:
-    """It never reads while making the host answer: one CREDIT frame for each
-    tiny DATA frame.  The host's queue for it stops at pending_link_bytes and
-    the link is dropped.  (Replies from weston cannot pile up instead: weston
-    itself disconnects a client that does not keep up.)"""
-    text = TIGHT.replace('pending_link_bytes = "1 MiB"', 'pending_link_bytes = "256 KiB"') \
+    """It announces the largest window, never reads, and keeps asking weston
+    for replies (registry globals).  The host half does not buffer without
+    bound: the link's backpressure stops it reading weston (which then drops
+    that client), and its own queue is capped by pending_link_bytes (see the
+    next test).  Other links go on."""
+    text = TIGHT.replace("objects_per_client = 1000", "objects_per_client = 60000") \
+        .replace("objects_per_vm = 1500", "objects_per_vm = 60000") \
         .replace("messages_per_second = 5000", "messages_per_second = 10000000") \
         .replace("message_burst = 5000", "message_burst = 10000000")
     h = _host(weston, tmp_path, text).start()
     try:
+        before = h.memory()["VmRSS"]
         p = LinkPeer(h.link_path, window=1 << 26)
-        a = Client(p, 1)
-        comp = a.bind("wl_compositor", 4)
-        region = a.new()
-        a.send(msg(comp, "wl_compositor", "create_region", region))
-        one = link.frame(link.DATA, 1, msg(region, "wl_region", "add", 0, 0, 1, 1))
+        p.open_client(1)
         p.sock.settimeout(10)
+        reg = 2
         try:
-            for _ in range(100):  # up to 100 x 1000 frames, 3.6 MB
-                p.send(one * 1000)
-                if h.audit("link_dropped"):
-                    break
+            for _ in range(150):  # 150 x 80 registries: ~5 MiB of replies nobody reads
+                p.data(1, b"".join(msg(1, "wl_display", "get_registry", reg + i) for i in range(80)))
+                reg += 80
+                time.sleep(0.005)
         except (BrokenPipeError, ConnectionResetError):
             pass
-        end = time.monotonic() + 10
-        while time.monotonic() < end and not h.audit("link_dropped"):
-            time.sleep(0.05)
-        ev = h.audit("limit_hit")
-        assert ev and ev[0]["limit"] == "pending_link_bytes", h.log_text()[-2000:]
-        assert "stopped reading" in h.audit("link_dropped")[0]["reason"]
+        time.sleep(0.5)
+        grown = h.memory()["VmRSS"] - before
+        assert grown < MiB + 16 * MiB, f"host half grew by {grown >> 20} MiB for a guest that does not read"
         assert h.memory()["VmHWM"] < RSS_LIMIT
-        LinkPeer(h.link_path).close()  # a new link is still accepted
+        other = _peer(h)
+        Client(other, 1).roundtrip()  # another link is served meanwhile
         assert h.proc.poll() is None
     finally:
         h.stop()
+
+
+def test_pending_link_bytes_limit_drops_the_link(caplog: pytest.LogCaptureFixture) -> None:
+    """The backstop itself, in-process: once more than pending_link_bytes wait
+    for a guest that does not read, its link is dropped with an audit line."""
+    import socket as _socket
+
+    from wlproxy import host as _host_mod, policy as _policy
+    from wlproxy.loop import Loop
+
+    pol = _policy.parse('[limits]\npending_link_bytes = "256 KiB"\n', "slow")
+    loop = Loop()
+    a, b = _socket.socketpair()
+    try:
+        b.sendall(link.hello_frame(1 << 26, "peer that never reads"))
+        server = _host_mod.HostServer(loop, a, "slow", None, pol)
+        (lk,) = server.links
+        for _ in range(5):
+            loop.run_once(0.01)
+        for _ in range(64):  # 4 MiB of output on its way to the guest: the socket takes only part
+            lk.writer.send(1, link.frame(link.PIPE_DATA, 1, b"\0" * 4 + b"x" * 65532))
+        assert lk.writer.queued_bytes > 256 << 10
+        with caplog.at_level("WARNING"):
+            lk.check_backlog()
+            for _ in range(3):
+                loop.run_once(0)
+        assert lk.closed and not server.links
+        events = [getattr(r, "audit", {}) for r in caplog.records]
+        assert {"event": "limit_hit", "vm": "slow", "link": "slow link 1", "limit": "pending_link_bytes",
+                "value": 256 << 10} in events
+        assert any(e.get("event") == "link_dropped" and "stopped reading" in e["reason"] for e in events)
+    finally:
+        b.close()
+        loop.close()
 
 
 def test_frame_claiming_4_gib(host: PolicyHost) -> None:
