@@ -153,6 +153,8 @@ class AppVmSession:
     pattern: str = "noise"
     shm_seconds: float = 4.0
     accel: str | None = "tcg"  # None: $WLPROXY_QEMU_ACCEL, else tcg
+    guest_command: list[str] | None = None  # instead of GUEST_SCRIPT; "{control}" is replaced
+    with_guest_half: bool = True  # False: the guest command starts its own
     times: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -189,9 +191,13 @@ class AppVmSession:
 
     # -- steps -------------------------------------------------------------------------------------
     def write_definition(self) -> Path:
-        argv = guest_argv(self.control, self.shm_seconds,
-                          pattern_argv(self.title, self.width, self.height, self.pattern))
-        return write_vm_definition(self.vms_dir / self.name, self.image, argv)
+        if self.guest_command is not None:
+            argv = [a.replace("{control}", str(self.control)) for a in self.guest_command]
+        else:
+            argv = guest_argv(self.control, self.shm_seconds,
+                              pattern_argv(self.title, self.width, self.height, self.pattern))
+        return write_vm_definition(self.vms_dir / self.name, self.image, argv,
+                                   with_guest_half=self.with_guest_half)
 
     def start(self) -> subprocess.CompletedProcess[str]:
         """``wlproxy vm start NAME --hypervisor qemu --display D --detach``; returns once qemu runs."""

@@ -138,3 +138,124 @@ def test_appvm_end_to_end(weston_factory, guest_image, base_dir):
           f"({x}, {y}); weston-simple-shm: {commits} commits in {SHM_SECONDS:g} s; whole test {total:.1f} s")
     print("timeline: " + vm.timing_summary())
     assert total < BUDGET
+
+
+# -- restarts on the virtio-console port ---------------------------------------------------------
+
+# A virtio-console port is one byte stream for the whole life of the VM: a guest half that
+# restarts opens the stream its predecessor used, with the host half's old link still on it.
+# Run by the guest's runner without its own guest half: ["/bin/sh", "-c", RESTARTS, "restarts",
+# PYTHON, CONTROL_DIR, PARTIAL_FRAME]. Each client (wayland-info) runs as soon as the new guest half
+# listens, so it connects while the link is still being re-established.
+RESTARTS = r"""
+py=$1 go=$2 partial=$3
+say() { echo "wlproxy-restarts: $*"; }
+start() {
+    : > /tmp/guest-half.log
+    "$py" -m wlproxy -v guest --link virtio-port:wlproxy.0 2>> /tmp/guest-half.log &
+    g=$!
+    n=0
+    until grep -q "listening on" /tmp/guest-half.log; do
+        sleep 0.05; n=$((n + 1))
+        [ $n -lt 1200 ] || { say "the guest half did not start: $(tail -c 600 /tmp/guest-half.log)"; exit 3; }
+    done
+}
+client() {
+    if timeout 40 wayland-info > /tmp/info.out 2>&1 && grep -q "interface: 'wl_compositor'" /tmp/info.out; then
+        say "$1 ok"
+    else
+        say "$1 FAILED: $(tail -c 300 /tmp/info.out | tr '\n' '|') guest half: $(tail -c 600 /tmp/guest-half.log | tr '\n' '|')"
+    fi
+}
+start; client first
+kill -TERM $g; wait $g; start; client after-clean-restart
+kill -KILL $g; wait $g; start; client after-kill
+kill -TERM $g; wait $g; "$py" -c "$partial" || say "partial frame: writer failed"
+start; client after-partial-frame
+say "waiting for the host half to be restarted"
+until [ -e "$go/host-half-restarted" ]; do sleep 0.1; done
+client after-host-half-restart
+kill -TERM $g; wait $g
+say "end"
+"""
+
+# Leaves the host half in the middle of a frame, as a guest half killed while writing one
+# would: first a session the host half accepted (its HELLO, no hang-up), then OPEN and the
+# start of a 60000-byte DATA frame; then it exits.
+PARTIAL_FRAME = r"""
+import os, select, time
+from wlproxy import link
+from wlproxy.virtio_port import wait_host_connected, wait_virtio_port
+path = wait_virtio_port("wlproxy.0", 10)
+for attempt in range(20):
+    fd = os.open(path, os.O_RDWR)
+    assert wait_host_connected(fd, 20)
+    os.write(fd, link.hello_frame(1 << 18, "partial frame writer"))
+    dec, got, hup, end = link.LinkDecoder(), [], False, time.monotonic() + 3
+    while time.monotonic() < end and not hup:
+        if select.select([fd], [], [], 0.1)[0]:
+            data = os.read(fd, 65536)
+            try:
+                got += [f.type for f in dec.feed(data) if isinstance(f, link.Frame)]
+            except link.LinkError:
+                hup = True
+            hup = hup or not data
+    if got == [link.HELLO] and not hup:
+        break
+    os.close(fd)
+    time.sleep(1.5)
+else:
+    raise SystemExit("no session with the host half")
+os.write(fd, link.frame(link.OPEN, 1, b"x") + link.HEADER.pack(60000, link.DATA, 0, 1) + bytes(100))
+time.sleep(0.5)
+print("wlproxy-restarts: partial frame left", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_guest_and_host_half_restarts_on_the_virtio_port(weston_factory, guest_image, base_dir):
+    """A guest half restarted (cleanly, killed, or after one died in the middle of a frame) and
+    a host half restarted by the supervisor: each time the next client reaches weston, although
+    it connects while the link over the virtio-console port is being re-established."""
+    import sys
+
+    weston = weston_factory(width=320, height=240, debug=False)
+    cmd = ["/bin/sh", "-c", RESTARTS, "restarts", sys.executable, "{control}", PARTIAL_FRAME]
+    t0 = time.monotonic()
+    with AppVmSession(guest_image, weston.env(), weston.display, base_dir, name="rst", guest_command=cmd,
+                      with_guest_half=False) as vm:
+        res = vm.start()
+        assert res.returncode == 0, f"vm start failed: {res.stderr}\n{vm.diagnostics()}"
+        for step in ("first", "after-clean-restart", "after-kill"):
+            m = vm.wait_console(r"^wlproxy-restarts: (%s .*)$" % step, 120)
+            assert m.group(1) == f"{step} ok", vm.diagnostics()
+        vm.wait_console(r"^wlproxy-restarts: partial frame left", 120)
+        m = vm.wait_console(r"^wlproxy-restarts: (after-partial-frame .*)$", 120)
+        assert m.group(1) == "after-partial-frame ok", vm.diagnostics()
+
+        vm.wait_console(r"^wlproxy-restarts: waiting for the host half to be restarted", 60)
+        before = vm.status()
+        os.kill(before["host_half_pid"], 9)
+        deadline = time.monotonic() + 30
+        while True:
+            st = vm.status()
+            if st["host_half"] == "up" and st["host_half_pid"] not in (None, before["host_half_pid"]):
+                break
+            assert time.monotonic() < deadline, f"the supervisor did not restart the host half: {st}"
+            time.sleep(0.1)
+        (vm.control / "host-half-restarted").touch()
+        m = vm.wait_console(r"^wlproxy-restarts: (after-host-half-restart .*)$", 120)
+        assert m.group(1) == "after-host-half-restart ok", vm.diagnostics()
+        vm.wait_console(r"^wlproxy-restarts: end", 60)
+
+        # the guest powers off by itself; the supervisor stops the host half and cleans up
+        deadline = time.monotonic() + 60
+        while vm.paths.vm_dir.exists():
+            assert time.monotonic() < deadline, f"{vm.paths.vm_dir} still there\n{vm.diagnostics()}"
+            time.sleep(0.1)
+        assert guestinit.parse_exit_status(vm.console()) == 0, vm.diagnostics()
+        log = vm.supervisor_log()
+        assert "host_half_restarted" in log and "vm_exited event=vm_exited vm=rst status=0" in log
+        # the stale links ended on the host: a second HELLO, and the frame left unfinished
+        assert "second HELLO" in log and "unknown frame type 0" in log, log[-3000:]
+    print(f"\nrestarts over the virtio-console port: {time.monotonic() - t0:.1f} s")
