@@ -32,13 +32,14 @@ def test_bench_quick(tmp_path: Path) -> None:
     assert (out / "quick.txt").read_text().startswith("wlproxy bench")
     assert (out / "quick.png").stat().st_size > 10_000
     configs = ["direct", "wlproxy", "floor"] + (["waypipe"] if shutil.which("waypipe") else [])
-    assert set(record["configs"]) == set(configs)
+    assert set(record["configs"]) == set(configs) | {"relays"}
     scenarios = {v["scenario"] for v in record["variants"]}
     assert scenarios == {"frame", "roundtrip", "storm", "clients"}
     assert record["machine"]["cpus"] and record["versions"]["weston"]
     for v in record["variants"]:
         res = record["results"][v["key"]]
-        assert set(res) == set(configs), v["key"]
+        want = set(configs) | ({"relays"} if v["scenario"] == "roundtrip" else set())
+        assert set(res) == want, v["key"]
         for cfg, r in res.items():
             where = f"{v['key']} / {cfg}"
             assert "error" not in r, f"{where}: {r.get('error')}"
@@ -55,7 +56,7 @@ def test_bench_quick(tmp_path: Path) -> None:
                 assert all(x >= 0 for x in cpu.values()), where
                 rss = s["peak_rss_bytes"]
                 assert set(rss) == {"vm", "host"} and all(x > 1 << 20 for x in rss.values()), where
-            if cfg in ("wlproxy", "waypipe"):
+            if cfg in ("wlproxy", "waypipe", "relays"):
                 assert "overhead" in s and "x_floor" in s, where
     names = {t["target"].split(",")[0] for t in record["targets"]}
     assert {"roundtrip", "clients"} <= names

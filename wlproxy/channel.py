@@ -168,7 +168,7 @@ class Channel:
 
     def _maybe_credit(self) -> None:
         if self.to_credit and self.local.out_bytes < self.window // 2:
-            self.owner.writer.send_urgent(link.credit_frame(self.ch, self.to_credit))
+            self.owner.writer.send_credit(link.credit_frame(self.ch, self.to_credit), self.to_credit)
             self.to_credit = 0
 
     def _local_drained(self) -> None:

@@ -6,8 +6,11 @@ Works on any stream fd: a Unix or vsock socket, or a virtio-console port.
 from __future__ import annotations
 
 import collections
+import fcntl
 import logging
 import os
+import struct
+import termios
 from typing import Callable, Iterator
 
 import socket
@@ -17,10 +20,12 @@ from wlproxy.loop import Loop
 
 log = logging.getLogger("wlproxy.link")
 
-GATHER_BYTES = 1 << 20  # per writev
+GATHER_BYTES = 2 << 20  # per writev
 IOV_MAX = 512
-READ_BUDGET = 8 << 20  # bytes read per readiness callback, at most
+LAZY_CREDIT = 1 << 16  # credit held back for a piggyback, at most (the window is 256 KiB)
+READ_BUDGET = 2 << 20  # bytes read per readiness callback, at most (then other fds get a turn)
 LINK_SNDBUF = 4 << 20  # asked for; Linux doubles it (within net.core.wmem_max)
+BULK_INFLIGHT = 2 << 20  # pixels are written only while the peer has less than this left to read
 _SHM_HEADERS = HEADER_SIZE + SHM_HEADER.size
 
 
@@ -61,8 +66,22 @@ class LinkWriter:
         self.closed = False
         self._waiting = False
         self._soon = False
+        self._lazy_value = 0
+        self._held_bulk = False
+        self._no_outq = False
         self.on_drain: Callable[[], None] | None = None
         tune_socket(fd)
+
+    def send_credit(self, data: bytes, value: int) -> None:
+        """A CREDIT frame for ``value`` bytes: it waits for the next write to
+        the peer (so it costs the peer no wake-up of its own), unless the
+        credit held back reaches LAZY_CREDIT, which keeps every peer far
+        from its window."""
+        self._urgent.append(data)
+        self.queued_bytes += len(data)
+        self._lazy_value += value
+        if self._lazy_value >= LAZY_CREDIT:
+            self._kick()
 
     def send_urgent(self, data: bytes) -> None:
         """Control frames (credits, hello, close) go ahead of channel traffic."""
@@ -114,6 +133,16 @@ class LinkWriter:
             self._soon = True
             self.loop.call_soon(self._soon_flush)
 
+    def _outq(self) -> int:
+        """Bytes in the socket the peer has not read yet (0 if unknown)."""
+        if self._no_outq:
+            return 0
+        try:
+            return struct.unpack("i", fcntl.ioctl(self.fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            self._no_outq = True
+            return 0
+
     def _soon_flush(self) -> None:
         self._soon = False
         self._kick()
@@ -121,16 +150,27 @@ class LinkWriter:
     def _gather(self) -> list:
         bufs: list = self._inflight
         total = sum(len(b) for b in bufs)
+        self._lazy_value = 0
         while self._urgent and total < GATHER_BYTES and len(bufs) < IOV_MAX:
             b = self._urgent.popleft()
             self.queued_bytes -= len(b)
             bufs.append(memoryview(b))
             total += len(b)
         ready = self._ready
-        while ready and total < GATHER_BYTES and len(bufs) < IOV_MAX - 8:
+        bulk_ok = self._outq() <= BULK_INFLIGHT
+        self._held_bulk = False
+        skipped = 0
+        while ready and total < GATHER_BYTES and len(bufs) < IOV_MAX - 8 and skipped < len(ready):
             ch = ready.popleft()
             q = self._queues[ch]
             item = q[0]
+            if not bulk_ok and not isinstance(item, bytes):
+                # pixels wait while the peer has plenty to read: what other
+                # clients send meanwhile queues behind less
+                self._held_bulk = True
+                ready.append(ch)
+                skipped += 1
+                continue
             if isinstance(item, bytes):
                 q.popleft()
                 self.queued_bytes -= len(item)
@@ -157,6 +197,9 @@ class LinkWriter:
         while not self.closed:
             bufs = self._gather()
             if not bufs:
+                if self._held_bulk:
+                    self._wait()
+                    return
                 break
             try:
                 n = os.writev(self.fd, bufs)
@@ -235,30 +278,11 @@ class LinkReader:
             self.loop.add_reader(self.fd, self._readable)
 
     def _readable(self) -> None:
-        """Read until the fd runs dry or READ_BUDGET bytes came in: SHM
-        payloads straight into their pool, and right after one only the next
-        frame's headers (so that the next payload goes direct too)."""
+        """Read until the fd runs dry or READ_BUDGET bytes came in."""
         got = 0
         while not self.closed and not self._paused and got < READ_BUDGET:
             try:
-                target = self.decoder.direct_target() if self.resolve else None
-                if target is not None and target[3] >= 4096:
-                    dest = self.resolve(*target)  # type: ignore[misc]
-                    if dest is not None:
-                        n = os.readv(self.fd, [dest])
-                        if n == 0:
-                            self._eof()
-                            return
-                        self.bytes_in += n
-                        got += n
-                        self.decoder.advance_direct(n)
-                        self._headers_next = n == target[3]
-                        continue
-                if self._headers_next:
-                    self._headers_next = False
-                    n = os.readv(self.fd, [self.view[:_SHM_HEADERS]])
-                else:
-                    n = os.readv(self.fd, [self.view])
+                n, fresh = self._read_once()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -268,16 +292,42 @@ class LinkReader:
             if n == 0:
                 self._eof()
                 return
-            self.bytes_in += n
             got += n
+            if not fresh:
+                continue
             try:
-                events = self.decoder.feed(self.view[:n])
+                events = self.decoder.feed(self.view[:fresh])
             except LinkError as e:
                 self.closed = True
                 self.on_violation(str(e))
                 return
             if events:
                 self.on_events(events)
+
+    def _read_once(self) -> tuple[int, int]:
+        """One readv: (bytes read, bytes of them in ``view`` for the decoder).
+        An SHM payload goes straight into its pool, with the next frame's
+        headers behind it in the same readv; after a payload that ended
+        exactly, only the next headers are read (so the next payload goes
+        direct too)."""
+        target = self.decoder.direct_target() if self.resolve else None
+        if target is not None and target[3] >= 4096:
+            dest = self.resolve(*target)  # type: ignore[misc]
+            if dest is not None:
+                k = len(dest)
+                n = os.readv(self.fd, [dest, self.view[:_SHM_HEADERS]])
+                if n:
+                    self.bytes_in += n
+                    self.decoder.advance_direct(min(n, k))
+                    self._headers_next = n == k
+                return n, max(0, n - k)
+        if self._headers_next:
+            self._headers_next = False
+            n = os.readv(self.fd, [self.view[:_SHM_HEADERS]])
+        else:
+            n = os.readv(self.fd, [self.view])
+        self.bytes_in += n
+        return n, n
 
     def _eof(self) -> None:
         self.closed = True

@@ -5,6 +5,13 @@ sender and receiver there are, from a mapped buffer into a mapped buffer.
 forks a receiver per connection: read a 16-byte header (payload length), then
 ``recv_into`` a memfd mapping until the payload is in, then answer one byte.
 
+``python -m wlproxy.bench.floor relay PATH TARGET`` is the floor of any
+proxy made of two processes (like wlproxy's two halves): a byte relay that
+forks per connection and copies bytes both ways between the client and
+TARGET with a blocking ``poll`` loop and nothing else (no fds, so only for
+clients that pass none: the roundtrip scenario).  Two of them in a row in
+front of the compositor cost what the extra process hops cost.
+
 ``python -m wlproxy.bench.floor send PATH`` takes the benchmark client's stdin
 commands (see :mod:`wlproxy.bench.client`) and answers the same JSON, timing
 for each frame one blocking ``sendmsg`` of header + the damaged rows straight
@@ -86,18 +93,55 @@ def receive(path: str) -> int:
         conn.close()
 
 
+def _pump(a: socket.socket, b: socket.socket) -> None:
+    import select
+
+    p = select.poll()
+    p.register(a, select.POLLIN)
+    p.register(b, select.POLLIN)
+    other = {a.fileno(): b, b.fileno(): a}
+    src = {a.fileno(): a, b.fileno(): b}
+    while True:
+        for fd, _ in p.poll():
+            data = src[fd].recv(1 << 16)
+            if not data:
+                return
+            other[fd].sendall(data)
+
+
+def relay(path: str, target: str) -> int:
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lst.bind(path)
+    lst.listen(64)
+    while True:
+        conn, _ = lst.accept()
+        if os.fork() == 0:
+            lst.close()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            try:
+                up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                up.connect(target)
+                _pump(conn, up)
+            finally:
+                os._exit(0)
+        conn.close()
+
+
 class FloorSender:
     def __init__(self, path: str):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(path)
         _tune(self.sock)
         self.ack = bytearray(1)
+        self.t_last = 0.0
         self.mm: mmap.mmap | None = None
         self.width = self.height = self.stride = 0
 
     def setup(self, width: int, height: int) -> dict:
         if self.mm is not None:
             self.view.release()
+            self.pixels = None
             self.mm.close()
         self.width, self.height, self.stride = width, height, width * 4
         size = self.stride * height
@@ -105,14 +149,29 @@ class FloorSender:
         os.ftruncate(fd, size)
         self.mm = mmap.mmap(fd, size)
         os.close(fd)
-        np.frombuffer(self.mm, dtype=np.uint32)[:] = np.random.default_rng(1).integers(
-            0, 1 << 32, size=width * height, dtype=np.uint32)
+        rng = np.random.default_rng(12345)
+        self.contents = [rng.integers(0, 1 << 32, size=(height, width), dtype=np.uint32) for _ in range(3)]
+        self.pixels = np.frombuffer(self.mm, dtype=np.uint32).reshape(height, width)
+        self.pixels[:] = self.contents[0]
+        self.seq = 0
         self.view = memoryview(self.mm)
         return {"ok": True}
 
+    def _draw(self, frac: float) -> None:
+        """What the client does before a frame (not timed): fresh pixels in
+        the damaged rows, then the pause until the next refresh that the
+        other configurations spend waiting for wp_presentation."""
+        rows = max(1, min(self.height, round(self.height * frac)))
+        y0 = (self.height - rows) // 2
+        self.seq += 1
+        np.copyto(self.pixels[y0:y0 + rows], self.contents[self.seq % 3][y0:y0 + rows])
+        delay = self.t_last + 1 / 60 - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+
     def _one(self, payload: list) -> float:
         n = sum(len(p) for p in payload)
-        t0 = time.perf_counter()
+        t0 = self.t_last = time.perf_counter()
         self.sock.sendmsg([HDR.pack(n, 0), *payload])
         if self.sock.recv_into(self.ack, 1) != 1:
             raise RuntimeError("floor receiver went away")
@@ -126,8 +185,11 @@ class FloorSender:
     def frames(self, frac: float, n: int, warmup: int, extra: bytes = b"") -> dict:
         band = self._band(frac)
         payload = [extra, band] if extra else [band]
-        out = [self._one(payload) for _ in range(warmup + n)][warmup:]
-        return {"sync": out, "presented": [None] * n, "bytes_per_frame": len(band)}
+        out = []
+        for _ in range(warmup + n):
+            self._draw(frac)
+            out.append(self._one(payload))
+        return {"sync": out[warmup:], "presented": [None] * n, "bytes_per_frame": len(band)}
 
     def storm(self, n: int, warmup: int, requests: int) -> dict:
         out = self.frames(0.0625, n, warmup, bytes(24 * requests))
@@ -194,8 +256,10 @@ def send(path: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["relay"] and len(argv) == 3:
+        return relay(argv[1], argv[2])
     if len(argv) != 2 or argv[0] not in ("send", "receive"):
-        print("usage: python -m wlproxy.bench.floor send|receive SOCKET", file=sys.stderr)
+        print("usage: python -m wlproxy.bench.floor send|receive SOCKET | relay SOCKET TARGET", file=sys.stderr)
         return 2
     return send(argv[1]) if argv[0] == "send" else receive(argv[1])
 

@@ -31,7 +31,7 @@ from typing import Callable
 from wlproxy.bench import procstat
 from wlproxy.cli import UserError
 
-CONFIGS = ("direct", "wlproxy", "waypipe", "floor")
+CONFIGS = ("direct", "wlproxy", "waypipe", "floor", "relays")
 SCENARIOS = ("frame", "roundtrip", "storm", "clients")
 SIZES = ((256, 256), (1920, 1080), (3840, 2160))
 DAMAGES = (1.0, 0.25, 0.05)
@@ -96,9 +96,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"scenarios to run (default: all of {', '.join(SCENARIOS)})")
     p.add_argument("--quick", action="store_true", help="a small set with few samples (for CI)")
     p.add_argument("--configs", default=",".join(CONFIGS), metavar="LIST",
-                   help="configurations, comma-separated (default: %(default)s)")
+                   help="configurations, comma-separated (default: %(default)s; relays: two minimal byte "
+                   "relays in front of the compositor, the floor of a two-process proxy, roundtrip only)")
     p.add_argument("--display", metavar="NAME",
                    help="use this running compositor (socket name or path) instead of a private headless weston")
+    p.add_argument("--only", metavar="TEXT", action="append",
+                   help="run only the variants whose name contains TEXT (repeatable), e.g. --only 1920x1080")
     p.add_argument("--rounds", type=int, help="rounds of interleaved batches")
     p.add_argument("--frames", type=int, help="frames per batch (frame scenario)")
     p.add_argument("--out", default="bench/results", metavar="DIR",
@@ -120,6 +123,7 @@ class Config:
     """One way for a client to reach the compositor."""
 
     name = "?"
+    scenarios = frozenset(SCENARIOS)
 
     def __init__(self, bench: "Bench"):
         self.bench = bench
@@ -267,8 +271,55 @@ class Floor(Config):
                 "host": procstat.tree(self.proc.pid)}
 
 
+class Relays(Config):
+    """Two minimal byte relays in a row in front of the compositor: the floor
+    of any two-process proxy's round trip (roundtrip scenario only)."""
+
+    name = "relays"
+    scenarios = frozenset({"roundtrip"})
+
+    def start(self) -> None:
+        env = self.bench.compositor_env
+        display = env.get("WAYLAND_DISPLAY", "wayland-0")
+        target = display if os.path.isabs(display) else os.path.join(env.get("XDG_RUNTIME_DIR", ""), display)
+        self.log = open(self.work / "relays.log", "ab")
+        self.procs = []
+        for name in ("host", "vm"):
+            sock = self.work / f"relay-{name}.sock"
+            self.procs.append(subprocess.Popen([sys.executable, "-m", "wlproxy.bench.floor", "relay", str(sock), target],
+                                               env=_source_env(dict(os.environ)), stdout=self.log,
+                                               stderr=subprocess.STDOUT))
+            deadline = time.monotonic() + 10
+            while not sock.exists():
+                if self.procs[-1].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("relay did not start")
+                time.sleep(0.02)
+            target = str(sock)
+        self.socket = target
+
+    def stop(self) -> None:
+        from wlproxy.pair import _stop
+
+        for p in self.procs:
+            for pid in procstat.tree(p.pid)[1:]:
+                try:
+                    os.kill(pid, 15)
+                except OSError:
+                    pass
+            _stop(p)
+        self.log.close()
+
+    def client_env(self) -> dict[str, str]:
+        env = _source_env(self.bench.compositor_env)
+        env["WAYLAND_DISPLAY"] = self.socket
+        return env
+
+    def sides(self) -> dict[str, list[int]]:
+        return {"vm": procstat.tree(self.procs[1].pid), "host": procstat.tree(self.procs[0].pid)}
+
+
 CONFIG_CLASSES: dict[str, type[Config]] = {"direct": Direct, "wlproxy": WlproxyConfig, "waypipe": Waypipe,
-                                           "floor": Floor}
+                                           "floor": Floor, "relays": Relays}
 
 
 # -- the run ------------------------------------------------------------------------
@@ -382,9 +433,12 @@ class Bench:
                 self.configs[name].clients.remove(c)
 
     # -- scenarios ---------------------------------------------------------------------
+    def names(self, scenario: str) -> list[str]:
+        return [n for n, c in self.configs.items() if scenario in c.scenarios]
+
     def run_frames(self, vs: list[Variant], progress: Progress) -> None:
         p = self.plan
-        names = list(self.configs)
+        names = self.names("frame")
         by_size: dict[tuple[int, int], list[Variant]] = {}
         for v in vs:
             by_size.setdefault((v.width, v.height), []).append(v)
@@ -432,7 +486,7 @@ class Bench:
         clients = self._start_all(v, lambda n: self._spawn_ready(n))
         self._reset_rss(clients)
         for _ in range(p.rounds):
-            for n in self.configs:
+            for n in self.names(v.scenario):
                 progress.step(f"{v.key}: {n}")
                 if n not in clients:
                     continue
@@ -459,7 +513,7 @@ class Bench:
         clients = self._start_all(v, start)
         self._reset_rss(clients)
         for r in range(p.rounds):
-            for n in self.configs:
+            for n in self.names(v.scenario):
                 progress.step(f"{v.key}: {n}")
                 if n not in clients:
                     continue
@@ -501,7 +555,7 @@ class Bench:
         self._reset_rss(clients)
         seconds = p.interactive * (p.clients_interval + 0.0015) + 0.5
         for _ in range(p.rounds):
-            for n in self.configs:
+            for n in self.names(v.scenario):
                 progress.step(f"{v.key}: {n}")
                 if n not in clients:
                     continue
@@ -529,7 +583,7 @@ class Bench:
 
     def _start_all(self, v: Variant, start: Callable[[str], list]) -> dict[str, list]:
         clients: dict[str, list] = {}
-        for n in self.configs:
+        for n in self.names(v.scenario):
             try:
                 clients[n] = start(n)
             except Exception as e:  # noqa: BLE001
@@ -537,7 +591,7 @@ class Bench:
         return clients
 
     def steps(self, vs: list[Variant]) -> int:
-        return len(vs) * self.plan.rounds * len(self.configs)
+        return sum(self.plan.rounds * len(self.names(v.scenario)) for v in vs)
 
     def run(self, vs: list[Variant], progress: Progress) -> None:
         frames = [v for v in vs if v.scenario == "frame"]
@@ -628,6 +682,10 @@ def run(args: argparse.Namespace) -> int:
     if args.frames:
         plan.frames = args.frames
     vs = variants(scenarios, args.quick)
+    if args.only:
+        vs = [v for v in vs if any(t in v.key for t in args.only)]
+        if not vs:
+            raise UserError(f"no variant matches {args.only}")
     out_dir = Path(args.out)
     name = args.name or ("quick" if args.quick else "bench")
     started = datetime.datetime.now(datetime.timezone.utc)
