@@ -265,6 +265,7 @@ class LinkReader:
         self.closed = False
         self._paused = False
         self._headers_next = False
+        self._asked = 0
         self.bytes_in = 0
         loop.add_reader(fd, self._readable)
 
@@ -293,16 +294,17 @@ class LinkReader:
                 self._eof()
                 return
             got += n
-            if not fresh:
-                continue
-            try:
-                events = self.decoder.feed(self.view[:fresh])
-            except LinkError as e:
-                self.closed = True
-                self.on_violation(str(e))
-                return
-            if events:
-                self.on_events(events)
+            if fresh:
+                try:
+                    events = self.decoder.feed(self.view[:fresh])
+                except LinkError as e:
+                    self.closed = True
+                    self.on_violation(str(e))
+                    return
+                if events:
+                    self.on_events(events)
+            if n < self._asked:
+                return  # the fd ran dry: no need to hear it from one more readv
 
     def _read_once(self) -> tuple[int, int]:
         """One readv: (bytes read, bytes of them in ``view`` for the decoder).
@@ -315,6 +317,7 @@ class LinkReader:
             dest = self.resolve(*target)  # type: ignore[misc]
             if dest is not None:
                 k = len(dest)
+                self._asked = k + _SHM_HEADERS
                 n = os.readv(self.fd, [dest, self.view[:_SHM_HEADERS]])
                 if n:
                     self.bytes_in += n
@@ -323,8 +326,10 @@ class LinkReader:
                 return n, max(0, n - k)
         if self._headers_next:
             self._headers_next = False
+            self._asked = _SHM_HEADERS
             n = os.readv(self.fd, [self.view[:_SHM_HEADERS]])
         else:
+            self._asked = len(self.view)
             n = os.readv(self.fd, [self.view])
         self.bytes_in += n
         return n, n

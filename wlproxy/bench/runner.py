@@ -690,6 +690,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or ("quick" if args.quick else "bench")
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.monotonic()
+    load_before = os.getloadavg()[0]
 
     weston = None
     with tempfile.TemporaryDirectory(prefix="wlproxy-bench-") as tmp:
@@ -725,6 +726,7 @@ def run(args: argparse.Namespace) -> int:
     record = {
         "started": started.isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - t0, 1),
+        "load": {"before": load_before, "after": os.getloadavg()[0]},  # 1-minute load average: others' work
         "machine": machine_info(),
         "versions": versions(),
         "compositor": compositor,
