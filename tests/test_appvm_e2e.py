@@ -96,7 +96,6 @@ def test_appvm_end_to_end(weston_factory, guest_image, base_dir):
         titles = toplevel_titles(weston.log_text())
         tagged = [c for c, t in titles if t == f"[{VM}] {TITLE}"]
         assert len(tagged) == 1, f"weston saw no toplevel titled '[{VM}] {TITLE}': {titles}"
-        assert [t for c, t in titles if c == tagged[0]] == [f"[{VM}]", f"[{VM}] {TITLE}"], titles
         assert not [t for _, t in titles if not t.startswith(f"[{VM}]")], f"an untagged title reached weston: {titles}"
         # the same weston client (the host half's connection for the guest's client) drew the pattern
         assert weston_requests(weston.log_text(), tagged[0], "wl_surface.commit") >= 2
