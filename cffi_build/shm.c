@@ -1,4 +1,5 @@
 /* Damage-rect copying and shadow diffing for mirrored wl_shm pools; see shm.h. */
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -260,5 +261,115 @@ uint32_t shm_commit(const uint8_t *pool, uint8_t *shadow, const struct shm_span 
     stats[0] = examined;
     stats[1] = changed;
     stats[2] = sampled;
+    return n;
+}
+
+/* -- the same on two cores -------------------------------------------------
+ * A DIFF or RESYNC pass over a large buffer is bound by memory bandwidth,
+ * and the second core is idle meanwhile (the client waits for the commit,
+ * the host for the bytes): one worker thread takes the second half of the
+ * damage (split at a 4 KiB boundary, so the halves never share a block).
+ * Below PAR_MIN bytes the hand-over costs more than it saves. */
+
+#define PAR_MIN (2u << 20)
+#define PAR_ROWS 8193
+
+struct par_job {
+    const uint8_t *pool;
+    uint8_t *shadow;
+    const struct shm_span *rows;
+    uint32_t nrows, mode, merge_gap, out_cap, n;
+    struct shm_span *out;
+    uint64_t stats[3];
+};
+
+static pthread_mutex_t par_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t par_go = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t par_done = PTHREAD_COND_INITIALIZER;
+static struct par_job *par_pending;
+static int par_finished, par_state; /* 0: no worker yet, 1: running, -1: cannot start */
+static struct shm_span par_rows_a[PAR_ROWS], par_rows_b[PAR_ROWS];
+
+static void *par_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&par_mu);
+    for (;;) {
+        while (!par_pending)
+            pthread_cond_wait(&par_go, &par_mu);
+        struct par_job *j = par_pending;
+        par_pending = NULL;
+        pthread_mutex_unlock(&par_mu);
+        j->n = shm_commit(j->pool, j->shadow, j->rows, j->nrows, j->mode, j->merge_gap, j->out, j->out_cap,
+                          j->stats);
+        pthread_mutex_lock(&par_mu);
+        par_finished = 1;
+        pthread_cond_signal(&par_done);
+    }
+    return NULL;
+}
+
+static int par_ready(void)
+{
+    if (par_state == 0) {
+        pthread_t t;
+        pthread_attr_t a;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        par_state = pthread_create(&t, &a, par_main, NULL) == 0 ? 1 : -1;
+        pthread_attr_destroy(&a);
+    }
+    return par_state == 1;
+}
+
+/* shm_commit, with the second half of a large DIFF or RESYNC on the worker
+ * thread; `scratch` holds out_cap spans for it.  Not reentrant (one caller
+ * thread). */
+uint32_t shm_commit_par(const uint8_t *pool, uint8_t *shadow, const struct shm_span *rows, uint32_t nrows,
+                        uint32_t mode, uint32_t merge_gap, struct shm_span *out, uint32_t out_cap,
+                        struct shm_span *scratch, uint64_t *stats)
+{
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < nrows; i++)
+        total += rows[i].len;
+    if (mode == SHM_DIRECT || total < PAR_MIN || nrows >= PAR_ROWS || out_cap < 8 || !par_ready())
+        return shm_commit(pool, shadow, rows, nrows, mode, merge_gap, out, out_cap, stats);
+    /* the split: the first 4 KiB boundary past half the bytes */
+    uint64_t half = total / 2, acc = 0;
+    uint32_t i = 0;
+    while (acc + rows[i].len <= half)
+        acc += rows[i++].len;
+    uint64_t cut = (rows[i].offset + (half - acc) + CHUNK - 1) & ~(uint64_t)(CHUNK - 1);
+    uint64_t end_i = rows[i].offset + rows[i].len;
+    uint32_t na = 0, nb = 0;
+    for (uint32_t k = 0; k < i; k++)
+        par_rows_a[na++] = rows[k];
+    if (cut > rows[i].offset) {
+        par_rows_a[na].offset = rows[i].offset;
+        par_rows_a[na++].len = (uint32_t)((cut < end_i ? cut : end_i) - rows[i].offset);
+    }
+    if (cut < end_i) {
+        par_rows_b[nb].offset = cut > rows[i].offset ? cut : rows[i].offset;
+        par_rows_b[nb].len = (uint32_t)(end_i - par_rows_b[nb].offset);
+        nb++;
+    }
+    for (uint32_t k = i + 1; k < nrows; k++)
+        par_rows_b[nb++] = rows[k];
+    struct par_job job = {pool, shadow, par_rows_b, nb, mode, merge_gap, out_cap / 2, 0, scratch, {0, 0, 0}};
+    pthread_mutex_lock(&par_mu);
+    par_finished = 0;
+    par_pending = &job;
+    pthread_cond_signal(&par_go);
+    pthread_mutex_unlock(&par_mu);
+    uint64_t st[3];
+    uint32_t n = shm_commit(pool, shadow, par_rows_a, na, mode, merge_gap, out, out_cap / 2, st);
+    pthread_mutex_lock(&par_mu);
+    while (!par_finished)
+        pthread_cond_wait(&par_done, &par_mu);
+    pthread_mutex_unlock(&par_mu);
+    for (uint32_t k = 0; k < job.n; k++)
+        emit(out, &n, out_cap, scratch[k].offset, scratch[k].len);
+    for (int k = 0; k < 3; k++)
+        stats[k] = st[k] + job.stats[k];
     return n;
 }

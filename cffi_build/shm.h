@@ -15,4 +15,7 @@ uint32_t shm_diff(const uint8_t *pool, uint8_t *shadow, const struct shm_span *s
 #define SHM_RESYNC 2
 uint32_t shm_commit(const uint8_t *pool, uint8_t *shadow, const struct shm_span *rows, uint32_t nrows,
                     uint32_t mode, uint32_t merge_gap, struct shm_span *out, uint32_t out_cap, uint64_t *stats);
+uint32_t shm_commit_par(const uint8_t *pool, uint8_t *shadow, const struct shm_span *rows, uint32_t nrows,
+                        uint32_t mode, uint32_t merge_gap, struct shm_span *out, uint32_t out_cap,
+                        struct shm_span *scratch, uint64_t *stats);
 void shm_copy_spans(const uint8_t *src, uint8_t *dst, const struct shm_span *spans, uint32_t nspans);

@@ -147,9 +147,9 @@ class LinkWriter:
         self._soon = False
         self._kick()
 
-    def _gather(self) -> list:
+    def _gather(self) -> tuple[list, int]:
         bufs: list = self._inflight
-        total = sum(len(b) for b in bufs)
+        total = sum(len(b) for b in bufs) if bufs else 0
         self._lazy_value = 0
         while self._urgent and total < GATHER_BYTES and len(bufs) < IOV_MAX:
             b = self._urgent.popleft()
@@ -157,21 +157,25 @@ class LinkWriter:
             bufs.append(memoryview(b))
             total += len(b)
         ready = self._ready
-        bulk_ok = self._outq() <= BULK_INFLIGHT
+        bulk_ok = None
         self._held_bulk = False
         skipped = 0
         while ready and total < GATHER_BYTES and len(bufs) < IOV_MAX - 8 and skipped < len(ready):
             ch = ready.popleft()
             q = self._queues[ch]
             item = q[0]
-            if not bulk_ok and not isinstance(item, bytes):
-                # pixels wait while the peer has plenty to read: what other
-                # clients send meanwhile queues behind less
-                self._held_bulk = True
-                ready.append(ch)
-                skipped += 1
-                continue
-            if isinstance(item, bytes):
+            plain = isinstance(item, bytes)
+            if not plain:
+                if bulk_ok is None:
+                    bulk_ok = self._outq() <= BULK_INFLIGHT
+                if not bulk_ok:
+                    # pixels wait while the peer has plenty to read: what other
+                    # clients send meanwhile queues behind less
+                    self._held_bulk = True
+                    ready.append(ch)
+                    skipped += 1
+                    continue
+            if plain:
                 q.popleft()
                 self.queued_bytes -= len(item)
                 bufs.append(memoryview(item))
@@ -191,11 +195,11 @@ class LinkWriter:
                     total += n
             if q:
                 ready.append(ch)
-        return bufs
+        return bufs, total
 
     def _flush(self) -> None:
         while not self.closed:
-            bufs = self._gather()
+            bufs, total = self._gather()
             if not bufs:
                 if self._held_bulk:
                     self._wait()
@@ -211,6 +215,9 @@ class LinkWriter:
                 self.closed = True
                 self.on_error(f"link write failed: {e.strerror}")
                 return
+            if n == total:
+                self._inflight = []
+                continue
             # keep what was not written, in order
             rest: list[memoryview] = []
             for b in bufs:

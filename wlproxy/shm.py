@@ -128,7 +128,8 @@ RECTS_CAP = 256
 
 class Differ:
     """Turns a buffer and a damage region into the spans to send: two C calls
-    per commit (damage rects to row spans; then diff, direct or resync).
+    per commit (damage rects to row spans; then diff, direct or resync, with
+    a large diff or resync split over two cores).
 
     Adaptive per buffer.  DIFF: send only what differs from the shadow copy
     of what the host has (costs a compare pass; pays when content repeats).
@@ -147,6 +148,7 @@ class Differ:
         self.min_direct = min_direct  # smaller damage is always diffed
         self._rows = ffi.new("struct shm_span[]", ROWS_CAP + 1)
         self._out = ffi.new("struct shm_span[]", cap)
+        self._scratch = ffi.new("struct shm_span[]", cap)  # the second core's spans (large DIFF/RESYNC)
         self._rects = ffi.new("int32_t[]", 4 * RECTS_CAP)
         self._stats = ffi.new("uint64_t[3]")
         self.enabled = True
@@ -196,8 +198,8 @@ class Differ:
             mode = lib.SHM_DIFF
         n, covered = self._collect(buf, region)
         st = self._stats
-        k = lib.shm_commit(ffi.from_buffer(pool.mm), ffi.from_buffer(pool.shadow), self._rows, n, mode,
-                           self.merge_gap, self._out, self.cap, st)
+        k = lib.shm_commit_par(ffi.from_buffer(pool.mm), ffi.from_buffer(pool.shadow), self._rows, n, mode,
+                               self.merge_gap, self._out, self.cap, self._scratch, st)
         examined, changed, sampled = st[0], st[1], st[2]
         if mode == lib.SHM_DIFF:
             if examined >= self.min_direct and changed > self.wholesale * examined:
