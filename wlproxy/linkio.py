@@ -20,10 +20,10 @@ from wlproxy.loop import Loop
 
 log = logging.getLogger("wlproxy.link")
 
-GATHER_BYTES = 2 << 20  # per writev
+GATHER_BYTES = 1 << 20  # per writev
 IOV_MAX = 512
 LAZY_CREDIT = 1 << 16  # credit held back for a piggyback, at most (the window is 256 KiB)
-READ_BUDGET = 2 << 20  # bytes read per readiness callback, at most (then other fds get a turn)
+READ_BUDGET = 1 << 20  # bytes read per readiness callback, at most (then other fds get a turn)
 LINK_SNDBUF = 4 << 20  # asked for; Linux doubles it (within net.core.wmem_max)
 BULK_INFLIGHT = 2 << 20  # pixels are written only while the peer has less than this left to read
 _SHM_HEADERS = HEADER_SIZE + SHM_HEADER.size

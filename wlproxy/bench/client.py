@@ -11,8 +11,9 @@ one per line, answering each with one JSON line on stdout:
   FRAC of the rows (``damage_buffer``), CONTENT ``changed`` (every damaged
   pixel differs from what that buffer and the previous frame held) or
   ``identical`` (the same pixels repainted).  Per frame: pick a released
-  buffer and draw into it (not timed), then t0, ``commit`` + ``wl_display.sync``
-  + flush, t1 at the sync's ``done``, t2 from the ``wp_presentation`` feedback
+  buffer and draw into it, attach, damage, ask for feedback (not timed; the
+  requests wait in libwayland's buffer), then t0, ``commit`` +
+  ``wl_display.sync`` + one flush of the frame's requests, t1 at the sync's ``done``, t2 from the ``wp_presentation`` feedback
   (the compositor's presentation timestamp).  The next frame starts once the
   feedback (presented or discarded) arrived.
 * ``storm N WARMUP REQUESTS``: like ``frame 0.0625 changed`` on the current
@@ -210,7 +211,8 @@ class BenchClient:
             fb.dispatcher["presented"] = presented
             fb.dispatcher["discarded"] = lambda _f: st.__setitem__("fb", -1)
         self.busy[slot] = True
-        self.display.flush()  # everything up to here is not timed
+        # attach, damage and feedback wait in libwayland's buffer and leave
+        # with the commit in one write, as in any real client's frame
         clk = self.clock_id
         t0 = time.clock_gettime_ns(clk)
         if raw:
