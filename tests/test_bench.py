@@ -5,6 +5,7 @@ speed targets are checked in the bench output, not here."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -60,3 +61,13 @@ def test_bench_quick(tmp_path: Path) -> None:
                 assert "overhead" in s and "x_floor" in s, where
     names = {t["target"].split(",")[0] for t in record["targets"]}
     assert {"roundtrip", "clients"} <= names
+    left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline_has(pid, record["work_dir"])]
+    assert not left, f"processes of the bench still running: {left}"
+
+
+def _cmdline_has(pid: str, text: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return text.encode() in f.read()
+    except OSError:
+        return False

@@ -119,6 +119,17 @@ def _source_env(env: dict[str, str]) -> dict[str, str]:
     return _env_with_source(env)
 
 
+def _stop(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """SIGTERM, wait, then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Config:
     """One way for a client to reach the compositor."""
 
@@ -195,8 +206,6 @@ class Waypipe(Config):
             time.sleep(0.02)
 
     def stop(self) -> None:
-        from wlproxy.pair import _stop
-
         _stop(self.proc)
         self.log.close()
 
@@ -250,8 +259,6 @@ class Floor(Config):
             time.sleep(0.02)
 
     def stop(self) -> None:
-        from wlproxy.pair import _stop
-
         for pid in procstat.tree(self.proc.pid)[1:]:
             try:
                 os.kill(pid, 15)
@@ -298,8 +305,6 @@ class Relays(Config):
         self.socket = target
 
     def stop(self) -> None:
-        from wlproxy.pair import _stop
-
         for p in self.procs:
             for pid in procstat.tree(p.pid)[1:]:
                 try:
@@ -375,10 +380,14 @@ class Bench:
         self.work = work
         self.configs: dict[str, Config] = {}
         self.results: dict[str, dict[str, dict]] = {}
-        for name in configs:
-            cfg = CONFIG_CLASSES[name](self)
-            cfg.start()
-            self.configs[name] = cfg
+        try:
+            for name in configs:
+                cfg = CONFIG_CLASSES[name](self)
+                cfg.start()
+                self.configs[name] = cfg
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         for cfg in self.configs.values():
@@ -386,8 +395,8 @@ class Bench:
                 c.stop(timeout=5)
             try:
                 cfg.stop()
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as e:  # noqa: BLE001
+                print(f"wlproxy bench: stopping {cfg.name}: {type(e).__name__}: {e}", file=sys.stderr)
 
     def _rec(self, v: Variant, cfg: str) -> dict:
         return self.results.setdefault(v.key, {}).setdefault(
@@ -740,6 +749,7 @@ def run(args: argparse.Namespace) -> int:
         "plan": asdict(plan),
         "configs": configs,
         "skipped": skipped,
+        "work_dir": tmp,  # removed after the run; every process started in it is stopped
         "variants": [asdict(v) for v in vs],
         "results": bench.results if bench else {},
     }
