@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Mapping
 
+from hostvm.procs import NotReady, unix_accepts, wait_until
 from wlproxy.pair import HostHalf, ProxyPair, wlproxy_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = str(Path(__file__).resolve().parent / "policy_clients.py")
-
-
-def _accepts(path: Path) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
 
 
 class PolicyHost(HostHalf):
@@ -45,12 +33,11 @@ class PolicyHost(HostHalf):
                                    "--vm", self.vm, *self.extra]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
-        end = time.monotonic() + timeout
-        while not _accepts(self.link_path):
-            if self.proc.poll() is not None or time.monotonic() > end:
-                self.stop()
-                raise RuntimeError(f"host half did not start:\n{self.log_text()[-2000:]}")
-            time.sleep(0.01)
+        try:
+            wait_until(lambda: unix_accepts(self.link_path), timeout, "host half", self.proc)
+        except NotReady:
+            self.stop()
+            raise RuntimeError(f"host half did not start:\n{self.log_text()[-2000:]}") from None
         return self
 
     def stop(self) -> int | None:
