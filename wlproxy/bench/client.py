@@ -40,6 +40,7 @@ import select
 import struct
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -279,15 +280,15 @@ class BenchClient:
         return {"frames": frames, "seconds": el, "bytes": frames * self.stride * self.height}
 
 
-def main() -> int:
+def serve(target, presentation: bool, *, after: Callable[[dict], None] | None = None,
+          stop_on_error: bool = True) -> int:
+    """The stdin/stdout protocol of the module doc for ``target`` (a
+    :class:`BenchClient` or the floor's sender): the ready line, then one JSON
+    answer per command.  ``after`` may add to each answer before it is
+    written; with ``stop_on_error`` a failed command other than ``setup``
+    ends the loop (status 1)."""
     out = sys.stdout
-    try:
-        client = BenchClient()
-    except Exception as e:  # noqa: BLE001
-        out.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
-        out.flush()
-        return 1
-    out.write(json.dumps({"ready": True, "presentation": client.presentation is not None}) + "\n")
+    out.write(json.dumps({"ready": True, "presentation": presentation}) + "\n")
     out.flush()
     for line in sys.stdin:
         parts = line.split()
@@ -298,24 +299,36 @@ def main() -> int:
             if cmd == "quit":
                 break
             if cmd == "setup":
-                res = client.setup(int(a[0]), int(a[1]))
+                res = target.setup(int(a[0]), int(a[1]))
             elif cmd == "frame":
-                res = client.frames(float(a[0]), a[1], int(a[2]), int(a[3]))
+                res = target.frames(float(a[0]), a[1], int(a[2]), int(a[3]))
             elif cmd == "storm":
-                res = client.storm(int(a[0]), int(a[1]), int(a[2]))
+                res = target.storm(int(a[0]), int(a[1]), int(a[2]))
             elif cmd == "roundtrip":
-                res = client.roundtrip(int(a[0]), float(a[1]))
+                res = target.roundtrip(int(a[0]), float(a[1]))
             elif cmd == "stream":
-                res = client.stream(float(a[0]))
+                res = target.stream(float(a[0]))
             else:
                 res = {"error": f"unknown command {cmd!r}"}
         except Exception as e:  # noqa: BLE001
             res = {"error": f"{type(e).__name__}: {e}"}
+        if after is not None:
+            after(res)
         out.write(json.dumps(res) + "\n")
         out.flush()
-        if "error" in res and cmd != "setup":
+        if stop_on_error and "error" in res and cmd != "setup":
             return 1
     return 0
+
+
+def main() -> int:
+    try:
+        client = BenchClient()
+    except Exception as e:  # noqa: BLE001
+        sys.stdout.write(json.dumps({"error": f"{type(e).__name__}: {e}"}) + "\n")
+        sys.stdout.flush()
+        return 1
+    return serve(client, client.presentation is not None)
 
 
 if __name__ == "__main__":

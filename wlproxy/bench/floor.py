@@ -22,7 +22,6 @@ and wlproxy's link have the same kernel buffers.
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import signal
@@ -30,8 +29,11 @@ import socket
 import struct
 import sys
 import time
+from typing import Callable
 
 import numpy as np
+
+from wlproxy.bench.client import serve
 
 HDR = struct.Struct("<QQ")  # payload length, 0
 
@@ -76,7 +78,8 @@ def _serve(conn: socket.socket) -> None:
         conn.sendall(b"k")
 
 
-def receive(path: str) -> int:
+def _fork_per_connection(path: str, serve: Callable[[socket.socket], None]) -> int:
+    """Listen on ``path`` and serve each connection in a forked child."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # no zombies
     lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     lst.bind(path)
@@ -87,10 +90,14 @@ def receive(path: str) -> int:
             lst.close()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             try:
-                _serve(conn)
+                serve(conn)
             finally:
                 os._exit(0)
         conn.close()
+
+
+def receive(path: str) -> int:
+    return _fork_per_connection(path, _serve)
 
 
 def _pump(a: socket.socket, b: socket.socket) -> None:
@@ -110,22 +117,12 @@ def _pump(a: socket.socket, b: socket.socket) -> None:
 
 
 def relay(path: str, target: str) -> int:
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    lst.bind(path)
-    lst.listen(64)
-    while True:
-        conn, _ = lst.accept()
-        if os.fork() == 0:
-            lst.close()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            try:
-                up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                up.connect(target)
-                _pump(conn, up)
-            finally:
-                os._exit(0)
-        conn.close()
+    def serve(conn: socket.socket) -> None:
+        up = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        up.connect(target)
+        _pump(conn, up)
+
+    return _fork_per_connection(path, serve)
 
 
 class FloorSender:
@@ -186,7 +183,8 @@ class FloorSender:
         y0 = (self.height - rows) // 2
         return self.view[y0 * self.stride:(y0 + rows) * self.stride]
 
-    def frames(self, frac: float, n: int, warmup: int, extra: bytes = b"") -> dict:
+    def frames(self, frac: float, content: str, n: int, warmup: int, extra: bytes = b"") -> dict:
+        """``content`` is the client's; the floor's pixels are always fresh."""
         band = self._band(frac)
         payload = [extra, band] if extra else [band]
         out = []
@@ -196,7 +194,7 @@ class FloorSender:
         return {"sync": out[warmup:], "presented": [None] * n, "bytes_per_frame": len(band)}
 
     def storm(self, n: int, warmup: int, requests: int) -> dict:
-        out = self.frames(0.0625, n, warmup, bytes(24 * requests))
+        out = self.frames(0.0625, "changed", n, warmup, bytes(24 * requests))
         out["request_bytes"] = 24 * requests
         return out
 
@@ -227,37 +225,13 @@ class FloorSender:
 
 
 def send(path: str) -> int:
-    out = sys.stdout
     s = FloorSender(path)
-    out.write(json.dumps({"ready": True, "presentation": False}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        parts = line.split()
-        if not parts:
-            continue
-        cmd, a = parts[0], parts[1:]
-        try:
-            if cmd == "quit":
-                break
-            if cmd == "setup":
-                res = s.setup(int(a[0]), int(a[1]))
-            elif cmd == "frame":
-                res = s.frames(float(a[0]), int(a[2]), int(a[3]))
-            elif cmd == "storm":
-                res = s.storm(int(a[0]), int(a[1]), int(a[2]))
-            elif cmd == "roundtrip":
-                res = s.roundtrip(int(a[0]), float(a[1]))
-            elif cmd == "stream":
-                res = s.stream(float(a[0]))
-            else:
-                res = {"error": f"unknown command {cmd!r}"}
-        except Exception as e:  # noqa: BLE001
-            res = {"error": f"{type(e).__name__}: {e}"}
-        if isinstance(res, dict) and "error" not in res:
+
+    def sender_cpu(res: dict) -> None:
+        if "error" not in res:
             res["sender_cpu_ns"], s.cpu_ns = s.cpu_ns, 0
-        out.write(json.dumps(res) + "\n")
-        out.flush()
-    return 0
+
+    return serve(s, False, after=sender_cpu, stop_on_error=False)
 
 
 def main(argv: list[str] | None = None) -> int:
