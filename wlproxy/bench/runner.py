@@ -494,26 +494,38 @@ class Bench:
                 self._read_rss(v, live)
             self._retire(clients)
 
-    def run_roundtrip(self, v: Variant, progress: Progress) -> None:
-        p = self.plan
-        clients = self._start_all(v, lambda n: self._spawn_ready(n))
+    def _rounds(self, v: Variant, progress: Progress, clients: dict[str, list],
+                measure: Callable[[int, str, list], dict], record: Callable[[dict, dict], None]) -> None:
+        """Every round, every configuration whose clients still run: ``measure(round, name, clients)``
+        (an exception is that configuration's error and drops it), then ``record(rec, result)``;
+        peak RSS from before the first round, and the clients retired at the end."""
         self._reset_rss(clients)
-        for _ in range(p.rounds):
+        for r in range(self.plan.rounds):
             for n in self.names(v.scenario):
                 progress.step(f"{v.key}: {n}")
                 if n not in clients:
                     continue
-                c = clients[n][0]
                 try:
-                    res = self._measured(v, n, lambda: _ask(c, f"roundtrip {p.roundtrips} {p.interval}"),
-                                         lambda res: len(res["sync"]))
+                    res = measure(r, n, clients[n])
                 except Exception as e:  # noqa: BLE001
                     self._fail(v, n, e)
                     del clients[n]
                     continue
-                self._rec(v, n)["sync"] += res["sync"]
+                record(self._rec(v, n), res)
         self._read_rss(v, clients)
         self._retire(clients)
+
+    def run_roundtrip(self, v: Variant, progress: Progress) -> None:
+        p = self.plan
+
+        def measure(r: int, n: str, cs: list) -> dict:
+            return self._measured(v, n, lambda: _ask(cs[0], f"roundtrip {p.roundtrips} {p.interval}"),
+                                  lambda res: len(res["sync"]))
+
+        def record(rec: dict, res: dict) -> None:
+            rec["sync"] += res["sync"]
+
+        self._rounds(v, progress, self._start_all(v, lambda n: self._spawn_ready(n)), measure, record)
 
     def run_storm(self, v: Variant, progress: Progress) -> None:
         p = self.plan
@@ -523,28 +535,18 @@ class Bench:
             _ask(cs[0], f"setup {v.width} {v.height}")
             return cs
 
-        clients = self._start_all(v, start)
-        self._reset_rss(clients)
-        for r in range(p.rounds):
-            for n in self.names(v.scenario):
-                progress.step(f"{v.key}: {n}")
-                if n not in clients:
-                    continue
-                c = clients[n][0]
-                try:
-                    _ask(c, f"storm {p.warmup_first if r == 0 else p.warmup} 0 {STORM_REQUESTS}")
-                    res = self._measured(v, n, lambda: _ask(c, f"storm {p.storm_frames} 0 {STORM_REQUESTS}"),
-                                         lambda res: len(res["sync"]))
-                except Exception as e:  # noqa: BLE001
-                    self._fail(v, n, e)
-                    del clients[n]
-                    continue
-                rec = self._rec(v, n)
-                rec["sync"] += res["sync"]
-                rec["presented"] += res["presented"]
-                rec["bytes_per_frame"] = res["bytes_per_frame"] + res["request_bytes"]
-        self._read_rss(v, clients)
-        self._retire(clients)
+        def measure(r: int, n: str, cs: list) -> dict:
+            c = cs[0]
+            _ask(c, f"storm {p.warmup_first if r == 0 else p.warmup} 0 {STORM_REQUESTS}")
+            return self._measured(v, n, lambda: _ask(c, f"storm {p.storm_frames} 0 {STORM_REQUESTS}"),
+                                  lambda res: len(res["sync"]))
+
+        def record(rec: dict, res: dict) -> None:
+            rec["sync"] += res["sync"]
+            rec["presented"] += res["presented"]
+            rec["bytes_per_frame"] = res["bytes_per_frame"] + res["request_bytes"]
+
+        self._rounds(v, progress, self._start_all(v, start), measure, record)
 
     def run_clients(self, v: Variant, progress: Progress) -> None:
         """Six idle windows, a 1080p stream paced by frame callbacks, and an
@@ -564,37 +566,28 @@ class Bench:
                 _ask(c, "frame 1.0 changed 1 0")
             return cs
 
-        clients = self._start_all(v, start)
-        self._reset_rss(clients)
         seconds = p.interactive * (p.clients_interval + 0.0015) + 0.5
-        for _ in range(p.rounds):
-            for n in self.names(v.scenario):
-                progress.step(f"{v.key}: {n}")
-                if n not in clients:
-                    continue
-                stream, inter = clients[n][0], clients[n][1]
 
-                def batch() -> dict:
-                    stream.send(f"stream {seconds:.3f}")
-                    time.sleep(0.25)
-                    res = _ask(inter, f"roundtrip {p.interactive} {p.clients_interval}")
-                    res["stream"] = _answer(stream, timeout=seconds + 60)
-                    if "sender_cpu_ns" in res:
-                        res["sender_cpu_ns"] += res["stream"].get("sender_cpu_ns", 0)
-                    return res
+        def measure(r: int, n: str, cs: list) -> dict:
+            stream, inter = cs[0], cs[1]
 
-                try:
-                    res = self._measured(v, n, batch, lambda res: res["stream"]["frames"])
-                except Exception as e:  # noqa: BLE001
-                    self._fail(v, n, e)
-                    del clients[n]
-                    continue
-                rec = self._rec(v, n)
-                rec["sync"] += res["sync"]
-                rec["stream"].append(res["stream"])
-                rec["bytes_per_frame"] = v.width * v.height * 4
-        self._read_rss(v, clients)
-        self._retire(clients)
+            def batch() -> dict:
+                stream.send(f"stream {seconds:.3f}")
+                time.sleep(0.25)
+                res = _ask(inter, f"roundtrip {p.interactive} {p.clients_interval}")
+                res["stream"] = _answer(stream, timeout=seconds + 60)
+                if "sender_cpu_ns" in res:
+                    res["sender_cpu_ns"] += res["stream"].get("sender_cpu_ns", 0)
+                return res
+
+            return self._measured(v, n, batch, lambda res: res["stream"]["frames"])
+
+        def record(rec: dict, res: dict) -> None:
+            rec["sync"] += res["sync"]
+            rec["stream"].append(res["stream"])
+            rec["bytes_per_frame"] = v.width * v.height * 4
+
+        self._rounds(v, progress, self._start_all(v, start), measure, record)
 
     def _start_all(self, v: Variant, start: Callable[[str], list]) -> dict[str, list]:
         clients: dict[str, list] = {}
