@@ -6,6 +6,7 @@ cue (SIGUSR1: status 0, SIGUSR2: status 3). The cloud-hypervisor API is tested a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shlex
@@ -241,6 +242,27 @@ def wait_for(check, timeout: float = 10.0, what: str = "condition") -> None:  # 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def standin_vm_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Path]]:
+    """A short root with the VM ``appvm`` (every optional file) under ``root/vms``; yields the root and
+    the file where stand-ins record their pids. Afterwards every recorded pid and every new child of
+    this process is killed and the root removed; a new child still there fails the test."""
+    root = short_tmpdir()
+    make_vm(root / "vms", "appvm", full=True)
+    pids = root / "pids"
+    monkeypatch.setenv("STANDIN_PIDS", str(pids))
+    before = set(children_of(os.getpid()))
+    yield root, pids
+    strays = set(children_of(os.getpid())) - before
+    for pid in read_pids(pids) + list(strays):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(root, ignore_errors=True)
+    assert not strays, f"stray child processes: {strays}"
 
 
 def children_of(pid: int) -> list[int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import Iterator
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_hostvm_common import (StandinHypervisor, children_of, gone, host_command, make_vm, own_tmp,  # noqa: E402,F401
-                                read_pids, short_tmpdir)
+from test_hostvm_common import (StandinHypervisor, gone, host_command, own_tmp, read_pids,  # noqa: E402,F401
+                                standin_vm_root)
 
 from hostvm import launch, rundir, vmdef  # noqa: E402
 from hostvm.cloudhv import CloudHypervisor  # noqa: E402
@@ -51,22 +50,9 @@ class Env:
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, host_command: str) -> Iterator[Env]:
-    root = short_tmpdir()
-    make_vm(root / "vms", "appvm", full=True)
-    pids = root / "pids"
-    monkeypatch.setenv("STANDIN_PIDS", str(pids))
-    before = set(children_of(os.getpid()))
-    e = Env(root, root / "vms", root / "run", pids, vmdef.load(root / "vms", "appvm"),
-            RunPaths(root / "run", "appvm"))
-    yield e
-    strays = set(children_of(os.getpid())) - before
-    for pid in read_pids(pids) + list(strays):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    shutil.rmtree(root, ignore_errors=True)
-    assert not strays, f"stray child processes: {strays}"
+    with standin_vm_root(monkeypatch) as (root, pids):
+        yield Env(root, root / "vms", root / "run", pids, vmdef.load(root / "vms", "appvm"),
+                  RunPaths(root / "run", "appvm"))
 
 
 def _assert_nothing_left(env: Env) -> None:
@@ -74,6 +60,14 @@ def _assert_nothing_left(env: Env) -> None:
     assert pids, "no process was started: the test did not test anything"
     assert [p for p in pids if not gone(p)] == []
     assert not env.paths.vm_dir.exists()
+
+
+def _stop(env: Env, running: launch.Running, hh: SpawnedHostHalf) -> None:
+    """Undo a successful start: kill the VMM, stop the host half, clean the run dir."""
+    running.vmm.kill()
+    running.vmm.wait()
+    hh.stop(5)
+    rundir.clean(env.paths)
 
 
 def _host_pid(env: Env, hh: SpawnedHostHalf) -> int:
@@ -100,10 +94,7 @@ def test_start_records_state_and_runs_everything(env: Env, host_command: str) ->
         assert state["policy"] == str(env.vms / "appvm" / "wlproxy.toml")
         assert argv[-2:] == [b"--policy", str(env.vms / "appvm" / "wlproxy.toml").encode()]
     finally:
-        running.vmm.kill()
-        running.vmm.wait()
-        hh.stop(5)
-        rundir.clean(env.paths)
+        _stop(env, running, hh)
     _assert_nothing_left(env)
 
 
@@ -180,10 +171,7 @@ def test_second_start_is_refused_and_first_survives(env: Env) -> None:
         assert running.vmm.poll() is None and unix_accepts(env.paths.host_socket)
         assert len(env.pids()) == 2  # the second start started nothing
     finally:
-        running.vmm.kill()
-        running.vmm.wait()
-        hh.stop(5)
-        rundir.clean(env.paths)
+        _stop(env, running, hh)
     _assert_nothing_left(env)
 
 
@@ -199,10 +187,7 @@ def test_stale_run_dir_is_cleared(env: Env) -> None:
         assert not env.paths.api.exists()
         assert unix_accepts(env.paths.host_socket)
     finally:
-        running.vmm.kill()
-        running.vmm.wait()
-        hh.stop(5)
-        rundir.clean(env.paths)
+        _stop(env, running, hh)
     _assert_nothing_left(env)
 
 

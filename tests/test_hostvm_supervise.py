@@ -10,7 +10,6 @@ import ctypes
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,8 +22,8 @@ from typing import Iterator
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_hostvm_common import (ROOT, StandinHypervisor, children_of, gone, host_command,  # noqa: E402,F401
-                                make_vm, own_tmp, read_pids, short_tmpdir, wait_for)
+from test_hostvm_common import (ROOT, StandinHypervisor, gone, host_command, own_tmp,  # noqa: E402,F401
+                                read_pids, standin_vm_root, wait_for)
 
 from hostvm import hosthalf, hypervisor, launch, rundir, vmdef  # noqa: E402
 from hostvm.hosthalf import make_host_half  # noqa: E402
@@ -56,20 +55,8 @@ class Env:
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, host_command: str) -> Iterator[Env]:
-    root = short_tmpdir()
-    make_vm(root / "vms", "appvm", full=True)
-    pids = root / "pids"
-    monkeypatch.setenv("STANDIN_PIDS", str(pids))
-    before = set(children_of(os.getpid()))
-    yield Env(root, pids, vmdef.load(root / "vms", "appvm"), RunPaths(root / "run", "appvm"))
-    strays = set(children_of(os.getpid())) - before
-    for pid in read_pids(pids) + list(strays):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    shutil.rmtree(root, ignore_errors=True)
-    assert not strays, f"stray child processes: {strays}"
+    with standin_vm_root(monkeypatch) as (root, pids):
+        yield Env(root, pids, vmdef.load(root / "vms", "appvm"), RunPaths(root / "run", "appvm"))
 
 
 def _state(env: Env) -> dict:
