@@ -79,15 +79,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.required = True
     add = sub.add_parser
 
-    def add_parser(name: str, *, help: str, description: str) -> argparse.ArgumentParser:
-        return add(name, help=help, description=_d(description), formatter_class=_Formatter)
+    def add_parser(name: str, func: Callable[[argparse.Namespace], int], *, help: str, description: str) -> argparse.ArgumentParser:
+        """The subcommand ``name`` running ``func``, with the common options."""
+        p = add(name, help=help, description=_d(description), formatter_class=_Formatter)
+        _common(p)
+        p.set_defaults(vm_func=func)
+        return p
 
-    p = add_parser("start", help="start a VM and supervise it until it stops",
+    p = add_parser("start", cmd_start, help="start a VM and supervise it until it stops",
                        description="Create RUN_DIR/NAME, start the VM's host half, start the VMM, create and "
                        "boot the VM; then supervise it: a dead host half is restarted, and when the VMM exits "
                        "the host half is stopped and RUN_DIR/NAME removed. Any failed step undoes the earlier "
                        "ones. Stays in the foreground unless --detach.")
-    _common(p)
     p.add_argument("name", metavar="NAME", help="the VM (a directory under --vms-dir)")
     p.add_argument("--hypervisor", choices=HYPERVISOR_CHOICES, default="cloud-hypervisor",
                    help="VMM backend (default: cloud-hypervisor)")
@@ -109,37 +112,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "logging to RUN_DIR/NAME.wlproxy.log")
     p.add_argument("--ready-fd", type=int, default=None, metavar="FD",
                    help="write a newline to FD once the VM runs (s6 notification-fd style)")
-    p.set_defaults(vm_func=cmd_start)
 
-    p = add_parser("stop", help="stop a running VM",
+    p = add_parser("stop", cmd_stop, help="stop a running VM",
                        description="PUT vm.shutdown, then vmm.shutdown; the supervisor then stops the host half "
                        "and removes RUN_DIR/NAME (done here if the supervisor is gone). A VMM that does not "
                        "exit in time is killed.")
-    _common(p)
     p.add_argument("name", metavar="NAME")
     p.add_argument("--timeout", type=float, default=30.0, metavar="S",
                    help="seconds to wait for the VMM and the supervisor (default: 30)")
-    p.set_defaults(vm_func=cmd_stop)
 
-    p = add_parser("status", help="state of one VM, or a table of all",
+    p = add_parser("status", cmd_status, help="state of one VM, or a table of all",
                        description="The VM state from the VMM (vm.info), its pids, and whether its host half "
                        "accepts connections.")
-    _common(p)
     p.add_argument("name", metavar="NAME", nargs="?", help="one VM (default: all defined or running)")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
-    p.set_defaults(vm_func=cmd_status)
 
-    p = add_parser("list", help="list the defined VMs and whether their definitions are valid",
+    p = add_parser("list", cmd_list, help="list the defined VMs and whether their definitions are valid",
                        description="Every VM directory under --vms-dir, validated.")
-    _common(p)
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
-    p.set_defaults(vm_func=cmd_list)
 
-    p = add_parser("services", help="write s6 service directories or systemd units",
+    p = add_parser("services", cmd_services, help="write s6 service directories or systemd units",
                        description="Write the service definitions: with --s6, DIR/weston and one "
                        "DIR/wlproxy-host-NAME per VM (started down, brought up by 'vm start --host-half "
                        "s6:DIR/wlproxy-host-NAME'); with --systemd, wlproxy-host@.service and weston.service.")
-    _common(p)
     p.add_argument("--s6", type=Path, metavar="DIR", help="s6 scan directory to write service directories to")
     p.add_argument("--systemd", type=Path, metavar="DIR", help="directory to write systemd units to")
     p.add_argument("--vm", action="append", default=None, metavar="NAME",
@@ -149,16 +144,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--weston-args", default="", metavar="ARGS",
                    help="extra weston arguments, as one string: --weston-args='--backend=drm-backend.so'")
     _port(p)
-    p.set_defaults(vm_func=cmd_services)
 
-    p = add_parser("host-half", help="run the host half of one VM (used by the service files)",
+    p = add_parser("host-half", cmd_host_half, help="run the host half of one VM (used by the service files)",
                        description="Create RUN_DIR/NAME, remove a stale socket, and exec "
                        "'python -m wlproxy host --listen RUN_DIR/NAME/vsock_PORT --vm NAME' with the VM's policy.")
-    _common(p)
     p.add_argument("name", metavar="NAME")
     p.add_argument("--display", default=None, metavar="D", help="the host compositor's Wayland display")
     _port(p)
-    p.set_defaults(vm_func=cmd_host_half)
 
     _add_image(sub)
 
