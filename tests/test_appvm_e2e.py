@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,40 +24,18 @@ import pytest
 
 pytest.importorskip("pywayland")
 
-from hostvm import guestinit, image, qemu  # noqa: E402
+from hostvm import guestinit  # noqa: E402
 from hostvm.procs import ProcRef  # noqa: E402
 from hostvm.scenario import AppVmSession, toplevel_titles, weston_requests  # noqa: E402
 from wlproxy.clients.pattern import frame_pixels  # noqa: E402
 from wlproxy.clients.screenshot import screenshot  # noqa: E402
+from qemu_helpers import guest_image  # noqa: E402,F401
 
 VM = "e2e"
 TITLE = "wlproxy pattern"
 WIDTH, HEIGHT, PATTERN = 240, 160, "noise"
 SHM_SECONDS = 4.0
 BUDGET = 240.0  # seconds for the whole test, boot to clean stop
-
-
-def qemu_cannot_run() -> str | None:
-    try:
-        exe = qemu.find_qemu()
-    except qemu.QemuError as e:
-        return str(e)
-    try:
-        subprocess.run([exe, "-version"], capture_output=True, check=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"{exe} cannot run: {e}"
-    return None
-
-
-@pytest.fixture(scope="module")
-def guest_image() -> image.GuestImage:
-    reason = qemu_cannot_run()
-    if reason:
-        pytest.skip(f"qemu cannot run: {reason}")
-    try:
-        return image.build_image()
-    except image.KernelDownloadError as e:
-        pytest.skip(f"qemu cannot run: the guest kernel package cannot be downloaded: {e}")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import socket
-import subprocess
 import tempfile
 import textwrap
 import time
@@ -15,36 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from hostvm import guestinit, image, qemu
+from hostvm import guestinit, qemu
 from hostvm.qemu import Port, QemuError, QemuVm, VmConfig, VmFiles
+from qemu_helpers import guest_image, qemu_cannot_run  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def qemu_skip_reason() -> str | None:
-    try:
-        exe = qemu.find_qemu()
-    except QemuError as e:
-        return str(e)
-    try:
-        subprocess.run([exe, "-version"], capture_output=True, check=True, timeout=30)
-    except (OSError, subprocess.SubprocessError) as e:
-        return f"{exe} cannot run: {e}"
-    return None
-
-
-QEMU_SKIP = qemu_skip_reason()
+QEMU_SKIP = qemu_cannot_run()
 needs_qemu = pytest.mark.skipif(QEMU_SKIP is not None, reason=f"qemu cannot run: {QEMU_SKIP}")
-
-
-@pytest.fixture(scope="module")
-def guest_image() -> image.GuestImage:
-    if QEMU_SKIP:
-        pytest.skip(f"qemu cannot run: {QEMU_SKIP}")
-    try:
-        return image.build_image()
-    except image.KernelDownloadError as e:
-        pytest.skip(f"cannot download the guest kernel package: {e}")
 
 
 @pytest.fixture
