@@ -13,6 +13,9 @@ command's exit status (255 when init itself failed).
 
 from __future__ import annotations
 
+import os
+import re
+
 EXIT_MARKER = "WLPROXY-GUEST-EXIT status="
 READY_MARKER = "WLPROXY-GUEST-ROOT uptime="
 ROOT_TAG = "hostroot"
@@ -45,7 +48,19 @@ done < @LOAD_ORDER_PATH@
 
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose @ROOT_TAG@ /mnt \
     || die "cannot mount the host root (9p tag @ROOT_TAG@)"
+# /tmp is a fresh tmpfs; host directories under /tmp that the command needs
+# (wlproxy.tmpbind=a,b: a checkout or venv living there) are bound back in, read-only
+mkdir -p /hosttmp && mount --bind /mnt/tmp /hosttmp || die "cannot keep the host's /tmp"
 mount -t tmpfs -o nosuid,nodev,mode=1777 tmpfs /mnt/tmp || die "cannot mount /tmp"
+for word in $(cat /proc/cmdline); do
+    case "$word" in
+    wlproxy.tmpbind=*)
+        for name in $(echo "${word#wlproxy.tmpbind=}" | tr ',' ' '); do
+            mkdir -p "/mnt/tmp/$name" && mount --bind "/hosttmp/$name" "/mnt/tmp/$name" \
+                || die "cannot bind the host's /tmp/$name"
+        done ;;
+    esac
+done
 mount -t tmpfs -o nosuid,nodev,mode=0755 tmpfs /mnt/run || die "cannot mount /run"
 mount --rbind /proc /mnt/proc && mount --rbind /sys /mnt/sys && mount --rbind /dev /mnt/dev \
     || die "cannot bind /proc, /sys, /dev into the root"
@@ -83,6 +98,34 @@ def parse_exit_status(console_log: str) -> int | None:
     return None
 
 
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def tmp_binds(spec: dict) -> list[str]:
+    """Top-level entries of the host's /tmp that paths in ``spec`` refer to
+    (the guest's /tmp is its own tmpfs, so these are bound back in)."""
+    words: list[str] = []
+
+    def walk(v: object) -> None:
+        if isinstance(v, str):
+            words.extend(v.split(os.pathsep))
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+
+    walk(spec)
+    names = []
+    for w in words:
+        parts = w.split("/")
+        if len(parts) > 2 and parts[0] == "" and parts[1] == "tmp" and _SAFE_NAME.fullmatch(parts[2]):
+            if parts[2] not in names:
+                names.append(parts[2])
+    return names
+
+
 def guest_cmdline(argv: list[str], *, env: dict[str, str] | None = None, cwd: str = "/",
                   guest_argv: list[str] | None = None, guest_env: dict[str, str] | None = None,
                   display: str = "wayland-0", guest_timeout: float = 20.0, quiet: bool = True) -> str:
@@ -100,6 +143,9 @@ def guest_cmdline(argv: list[str], *, env: dict[str, str] | None = None, cwd: st
                          "timeout": guest_timeout}
     check_spec(spec)
     words = ("quiet " if quiet else "") + encode_spec(spec)
+    binds = tmp_binds(spec)
+    if binds:
+        words += " wlproxy.tmpbind=" + ",".join(binds)
     if len(words) > MAX_CMDLINE - 200:
         raise ValueError(f"guest command too long for the kernel command line ({len(words)} bytes)")
     return words
