@@ -102,7 +102,6 @@ void wlc_free(struct wlc_conn *c)
 uint8_t *wlc_mask(struct wlc_conn *c) { return c->mask; }
 const char *wlc_error(struct wlc_conn *c) { return c->err; }
 uint32_t wlc_pending_fds(struct wlc_conn *c, int dir) { return c->fds[dir & 1]; }
-void wlc_set_pending_fds(struct wlc_conn *c, int dir, uint32_t n) { c->fds[dir & 1] = n; }
 uint32_t wlc_object_count(struct wlc_conn *c) { return c->live_objects; }
 uint64_t wlc_message_count(struct wlc_conn *c, int dir) { return c->nmsgs[dir & 1]; }
 void wlc_set_max_objects(struct wlc_conn *c, uint32_t n) { c->max_objects = n; }

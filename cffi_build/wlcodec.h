@@ -95,7 +95,6 @@ uint32_t wlc_feed(struct wlc_conn *c, int dir, const uint8_t *buf, uint32_t len,
                   uint32_t new_fds, struct wlc_rec *out, uint32_t out_cap, uint32_t *consumed);
 const char *wlc_error(struct wlc_conn *c);
 uint32_t wlc_pending_fds(struct wlc_conn *c, int dir);
-void wlc_set_pending_fds(struct wlc_conn *c, int dir, uint32_t n);
 int wlc_lookup(struct wlc_conn *c, uint32_t id, struct wlc_obj *out);
 int wlc_insert(struct wlc_conn *c, uint32_t id, uint16_t iface, uint32_t version);
 int wlc_remove(struct wlc_conn *c, uint32_t id);

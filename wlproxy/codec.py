@@ -105,16 +105,6 @@ class ObjectInfo:
     zombie: bool
 
 
-class CodecError(Exception):
-    """A message failed validation: ``code`` and ``obj`` are for ``wl_display.error``."""
-
-    def __init__(self, code: int, obj: int, message: str, direction: int):
-        super().__init__(message)
-        self.code = code
-        self.obj = obj
-        self.direction = direction
-
-
 class Codec:
     """One Wayland connection as seen by a proxy: both directions, one object map."""
 
@@ -171,9 +161,6 @@ class Codec:
     def error_text(self) -> str:
         return ffi.string(lib.wlc_error(self._conn)).decode("utf-8", "replace")
 
-    def raise_for(self, rec: Record, direction: int) -> None:
-        raise CodecError(rec.code, rec.obj, self.error_text(), direction)
-
     # -- the object map ----------------------------------------------------
     def lookup(self, obj: int) -> ObjectInfo | None:
         o = ffi.new("struct wlc_obj *")
@@ -198,6 +185,3 @@ class Codec:
 
     def pending_fds(self, direction: int) -> int:
         return int(lib.wlc_pending_fds(self._conn, direction))
-
-    def set_pending_fds(self, direction: int, n: int) -> None:
-        lib.wlc_set_pending_fds(self._conn, direction, n)

@@ -517,9 +517,6 @@ class HostLink(LinkSession):
     def peer_pipe_id_ok(self, pid: int) -> bool:
         return 0 < pid < 0x80000000
 
-    def global_allowed(self, iface: str) -> bool:
-        return self.server.global_cap(iface) is not None
-
     def _events(self, events: list) -> None:
         super()._events(events)
         self.check_backlog()
@@ -644,9 +641,6 @@ class HostServer:
                 cap = min(cap, proto[iface].version)
             self._caps[iface] = cap
         return self._caps[iface]
-
-    def global_allowed(self, iface: str) -> bool:
-        return self.global_cap(iface) is not None
 
     def _accept(self) -> None:
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Iterator
 
 MAGIC = b"WLPXLINK"
 VERSION = 1
@@ -259,12 +258,3 @@ class LinkDecoder:
         elif pos < n:
             self._buf += buf[pos:n]
         return out
-
-
-def iter_chunks(total: int, chunk: int) -> Iterator[tuple[int, int]]:
-    """(start, length) pieces of ``total`` bytes, ``chunk`` at most each."""
-    pos = 0
-    while pos < total:
-        k = min(chunk, total - pos)
-        yield pos, k
-        pos += k

@@ -270,25 +270,15 @@ class LinkReader:
         self.buf = bytearray(bufsize)
         self.view = memoryview(self.buf)
         self.closed = False
-        self._paused = False
         self._headers_next = False
         self._asked = 0
         self.bytes_in = 0
         loop.add_reader(fd, self._readable)
 
-    def pause(self) -> None:
-        self._paused = True
-        self.loop.remove_reader(self.fd)
-
-    def resume(self) -> None:
-        if not self.closed:
-            self._paused = False
-            self.loop.add_reader(self.fd, self._readable)
-
     def _readable(self) -> None:
         """Read until the fd runs dry or READ_BUDGET bytes came in."""
         got = 0
-        while not self.closed and not self._paused and got < READ_BUDGET:
+        while not self.closed and got < READ_BUDGET:
             try:
                 n, fresh = self._read_once()
             except (BlockingIOError, InterruptedError):

@@ -25,7 +25,6 @@ with a message naming the file, the line and the key.  Example::
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -405,7 +404,3 @@ def for_vm(vm: str, path: str | Path | None = None) -> Policy:
         return load_file(path, vm)
     found = lookup(vm)
     return load_file(found, vm) if found else default(vm)
-
-
-def replace_limits(p: Policy, **kw: int) -> Policy:
-    return dataclasses.replace(p, limits=dataclasses.replace(p.limits, **kw))

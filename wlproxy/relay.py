@@ -12,7 +12,6 @@ from typing import Callable
 
 from wlproxy import wire
 from wlproxy.codec import ERROR, MSG, Codec, Record, default_tables
-from wlproxy.fdsock import StreamIn
 from wlproxy.protocol import Interface, Message
 
 Forward = Callable[[memoryview, list], None]

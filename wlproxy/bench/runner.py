@@ -557,7 +557,7 @@ class Bench:
         def start(n: str) -> list:
             idle = 0 if n == "floor" else CLIENTS - 2
             cs = self._spawn_ready(n, idle + 2)
-            stream, inter = cs[0], cs[1]
+            stream = cs[0]
             _ask(stream, f"setup {v.width} {v.height}")
             if n != "floor":
                 _ask(stream, "frame 1.0 changed 3 0")
