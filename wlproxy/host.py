@@ -435,15 +435,8 @@ class HostChannel(Channel):
                 raise link.LinkError(f"{self.name}: SHM_FORGET for pool {key} still in use by wl_shm_pool@{oid}")
         del self.pools[key]  # only now: a refused SHM_FORGET leaves the pool to release()
         self._account(-pool.size)
-        self._close_pool(pool)
+        pool.close()
 
-    def _close_pool(self, pool: HostPool) -> None:
-        try:
-            pool.close()
-        except BufferError:
-            # the link reader is receiving straight into this pool further up
-            # the stack (the link closed mid-SHM_DATA): unmap once it returns
-            self.owner.loop.call_soon(pool.close)
 
     # -- keymaps and pipes ---------------------------------------------------
     def keymap(self, obj: int, data: memoryview, fds: list) -> None:
@@ -494,7 +487,7 @@ class HostChannel(Channel):
         self.objects = 0
         for pool in self.pools.values():
             self._account(-pool.size)
-            self._close_pool(pool)
+            pool.close()
         self.pools.clear()
         self.pool_objs.clear()
 

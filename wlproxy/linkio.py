@@ -315,7 +315,10 @@ class LinkReader:
             if dest is not None:
                 k = len(dest)
                 self._asked = k + _SHM_HEADERS
-                n = os.readv(self.fd, [dest, self.view[:_SHM_HEADERS]])
+                try:
+                    n = os.readv(self.fd, [dest, self.view[:_SHM_HEADERS]])
+                finally:
+                    dest.release()  # the pool may be unmapped by whatever handles this read
                 if n:
                     self.bytes_in += n
                     self.decoder.advance_direct(min(n, k))
