@@ -236,7 +236,7 @@ class GuestChannel(Channel):
 
     def _damage_region(self, s: _Surface) -> list | None:
         """This commit's damage in buffer pixels, conservatively."""
-        region = [r for r in s.bdamage]
+        region = list(s.bdamage)
         if s.sdamage:
             if s.transform != 0 or s.viewport:
                 return FULL
@@ -255,7 +255,7 @@ class GuestChannel(Channel):
             s.pending, s.sdamage, s.bdamage = None, [], []
             buf = self.buffers.get(s.buffer) if s.buffer else None
             if buf is not None and (attached or damage):
-                missed = s.history.get(s.buffer, FULL) if s.buffer in s.history else FULL
+                missed = s.history.get(s.buffer, FULL)  # never sent: the whole buffer
                 region = union(missed, damage)
                 for other, hist in s.history.items():
                     if other != s.buffer:
