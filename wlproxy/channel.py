@@ -16,10 +16,10 @@ import socket
 from typing import TYPE_CHECKING, Callable
 
 from wlproxy import link
-from wlproxy.codec import Codec, Record
+from wlproxy.codec import NOT_SENT, PASS, Codec, Record
 from wlproxy.fdsock import FdSocket, StreamIn, close_fds
 from wlproxy.protocol import Interface, Message
-from wlproxy.relay import pump
+from wlproxy.relay import dispatch, pump
 
 if TYPE_CHECKING:
     from wlproxy.linkio import Bulk
@@ -67,10 +67,17 @@ class Channel:
     def _from_local(self, s: FdSocket, new_fds: int) -> None:
         if self.closed:
             return
-        used = pump(self.codec, self.local_dir, s, self.local_forward, self._local_message,
-                    self.local_error, new_fds)
-        if used >= 0:
-            self.flush()
+        recs, used = self.codec.feed(self.local_dir, s.rbuf, s.filled, new_fds, s.cbuf)
+        if (len(recs) == 1 and not self.pending and recs[0].kind == PASS and not recs[0].nfds
+                and used <= self.peer_window - self.unacked and used <= link.Limits.max_data):
+            # the common case: one run of plain messages, straight to the link
+            self.owner.writer.send(self.ch, link.header(link.DATA, self.ch, used) + s.view[:used])
+            self.unacked += used
+            s.consume(used)
+        elif dispatch(self.codec, self.local_dir, s, recs, used, self.local_forward, self._local_message,
+                      self.local_error) < 0:
+            return
+        self.flush()
 
     def local_forward(self, data: memoryview, fds: list) -> None:
         if fds:  # every fd-carrying message is intercepted, so this is a bug
@@ -135,13 +142,27 @@ class Channel:
     def remote_data(self, payload: bytes) -> None:
         if self.closed:
             return  # in flight when we closed; the peer will see our CLOSE
-        if self.to_credit + len(payload) > self.window:
+        n = len(payload)
+        if self.to_credit + n > self.window:
             raise link.LinkError(f"channel {self.ch}: peer exceeded the credit window of {self.window} bytes")
-        self.remote_in.append(payload)
-        self.to_credit += len(payload)
-        new_fds, self.remote_new_fds = self.remote_new_fds, 0
-        used = pump(self.codec, self.remote_dir, self.remote_in, self.remote_forward, self._remote_message,
-                    self.remote_error, new_fds)
+        self.to_credit += n
+        rin = self.remote_in
+        if rin.filled or rin.fds or self.local.busy:
+            rin.append(payload)
+            new_fds, self.remote_new_fds = self.remote_new_fds, 0
+            used = pump(self.codec, self.remote_dir, rin, self.remote_forward, self._remote_message,
+                        self.remote_error, new_fds)
+        else:
+            # nothing waiting on either side: validate and send in one C call
+            sent, recs, used = self.codec.feed_send(self.remote_dir, payload, self.local.fd)
+            if sent != NOT_SENT:
+                self.local.sent_directly(payload, sent)
+                if not self.closed:
+                    self._maybe_credit()
+                return
+            rin.append(payload)
+            used = dispatch(self.codec, self.remote_dir, rin, recs, used, self.remote_forward,
+                            self._remote_message, self.remote_error)
         if used >= 0 and not self.closed:
             self._maybe_credit()
 

@@ -10,6 +10,7 @@ messages Python asked to see, or an error that ends the connection.
 from __future__ import annotations
 
 import functools
+import struct
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -17,12 +18,17 @@ from wlproxy._codec import ffi, lib
 from wlproxy.protocol import ARG_TYPES, EVENT, REQUEST, Interface, Message, Protocol, load
 
 PASS, MSG, ERROR = lib.WLC_REC_PASS, lib.WLC_REC_MSG, lib.WLC_REC_ERROR
+NOT_SENT = lib.FP_NOT_SENT
 SERVER_ID_START = 0xFF000000
 DEFAULT_MAX_MESSAGE = 4096
 DEFAULT_MAX_OBJECTS = 1 << 20
 
 # wl_display error codes
 INVALID_OBJECT, INVALID_METHOD, NO_MEMORY, IMPLEMENTATION = 0, 1, 2, 3
+
+
+_REC = struct.Struct("=IIIIHHHH")  # struct wlc_rec
+assert _REC.size == ffi.sizeof("struct wlc_rec")
 
 
 class Record(NamedTuple):
@@ -117,8 +123,10 @@ class Codec:
         self._conn = ffi.gc(conn, lib.wlc_free)
         self._mask = ffi.buffer(lib.wlc_mask(conn), self.tables.n_msgs)
         self._recs = ffi.new("struct wlc_rec[]", record_capacity)
+        self._recs_buf = memoryview(ffi.buffer(self._recs))
         self._cap = record_capacity
         self._consumed = ffi.new("uint32_t *")
+        self._nrecs = ffi.new("uint32_t *")
 
     # -- configuration -----------------------------------------------------
     def intercept(self, iface: str, direction: int, *names: str, on: bool = True) -> None:
@@ -135,28 +143,52 @@ class Codec:
         lib.wlc_set_max_objects(self._conn, n)
 
     # -- the hot path ------------------------------------------------------
-    def feed(self, direction: int, buf, length: int, new_fds: int = 0) -> tuple[list[Record], int]:
+    def feed(self, direction: int, buf, length: int, new_fds: int = 0, cbuf=None) -> tuple[list[Record], int]:
         """Validate the complete messages in ``buf[:length]``.
 
         Returns the records and how many bytes they cover; the caller keeps
         the rest (a partial message) for the next call.  An ERROR record, if
-        any, is last.
+        any, is last.  ``cbuf`` is ``ffi.from_buffer(buf)`` if the caller
+        keeps one.
         """
         out: list[Record] = []
-        cbuf = ffi.from_buffer(buf)
+        if cbuf is None:
+            cbuf = ffi.from_buffer(buf)
         pos = 0
         consumed = self._consumed
+        recs_buf = self._recs_buf
         while True:
             n = lib.wlc_feed(self._conn, direction, cbuf + pos, length - pos, new_fds, self._recs,
                              self._cap, consumed)
             new_fds = 0
-            recs = self._recs
-            for k in range(n):
-                r = recs[k]
-                out.append(Record(r.kind, r.start + pos, r.len, r.obj, r.iface, r.opcode, r.nfds, r.code))
+            if n:
+                recs = map(Record._make, _REC.iter_unpack(recs_buf[:n * _REC.size]))
+                if pos:
+                    out.extend(r._replace(start=r.start + pos) for r in recs)
+                else:
+                    out.extend(recs)
             pos += consumed[0]
             if n < self._cap - 1 or (out and out[-1].kind == ERROR):
                 return out, pos
+
+    def feed_send(self, direction: int, data: bytes, fd: int) -> tuple[int, list[Record], int]:
+        """``feed`` for a connection with nothing buffered, forwarding in the same
+        C call: when ``data`` is whole messages that all pass without fds, they
+        are sent to ``fd`` (non-blocking) and the result is ``(sent, [], 0)``
+        (``sent`` may be short, or -errno).  Otherwise nothing is sent and it is
+        ``(NOT_SENT, records, consumed)`` as ``feed`` would give them."""
+        nrecs, consumed = self._nrecs, self._consumed
+        r = lib.fp_feed_send(self._conn, direction, data, len(data), fd, self._recs, self._cap, nrecs, consumed)
+        if r != NOT_SENT:
+            return r, [], 0
+        n = nrecs[0]
+        out = list(map(Record._make, _REC.iter_unpack(self._recs_buf[:n * _REC.size])))
+        used = consumed[0]
+        if n >= self._cap - 1 and out[-1].kind != ERROR:  # more than one batch of records
+            more, used2 = self.feed(direction, memoryview(data)[used:], len(data) - used)
+            out.extend(r._replace(start=r.start + used) for r in more)
+            used += used2
+        return NOT_SENT, out, used
 
     def error_text(self) -> str:
         return ffi.string(lib.wlc_error(self._conn)).decode("utf-8", "replace")

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import array
 import collections
+import errno
 import itertools
 import logging
 import os
 import socket
 from typing import Callable
 
+from wlproxy._codec import ffi
 from wlproxy.loop import Loop
 
 log = logging.getLogger("wlproxy.fdsock")
 
 MAX_FDS_PER_SEND = 28  # what libwayland accepts per recvmsg
 _CMSG_SPACE = socket.CMSG_SPACE(253 * 4)
+# plain ints: the socket module's flags are IntFlag members, slow to combine
+_SOL_SOCKET, _SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
+_MSG_CMSG_CLOEXEC, _MSG_CTRUNC = int(socket.MSG_CMSG_CLOEXEC), int(socket.MSG_CTRUNC)
 
 
 def close_fds(fds) -> None:
@@ -32,6 +37,8 @@ class StreamIn:
 
     def __init__(self, size: int):
         self.rbuf = bytearray(size)
+        self.view = memoryview(self.rbuf)  # the buffer never resizes
+        self.cbuf = ffi.from_buffer(self.rbuf)  # for the codec
         self.filled = 0
         self.fds: collections.deque = collections.deque()
 
@@ -73,7 +80,6 @@ class FdSocket(StreamIn):
         self.on_data = on_data
         self.on_close = on_close
         StreamIn.__init__(self, rbuf_size)
-        self._rview = memoryview(self.rbuf)
         self._out: collections.deque[list] = collections.deque()  # [memoryview, fds]
         self.out_bytes = 0
         self.closed = False
@@ -101,23 +107,23 @@ class FdSocket(StreamIn):
             self.close("input buffer full")
             return
         try:
-            n, anc, flags, _ = self.sock.recvmsg_into([self._rview[self.filled:]], _CMSG_SPACE,
-                                                      socket.MSG_CMSG_CLOEXEC)
+            n, anc, flags, _ = self.sock.recvmsg_into([self.view[self.filled:]], _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
             self.close(f"read error: {e.strerror}")
             return
         new_fds = 0
-        for level, typ, data in anc:
-            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
-                a = array.array("i")
-                a.frombytes(data[: len(data) - len(data) % a.itemsize])
-                self.fds.extend(a)
-                new_fds += len(a)
-        if flags & socket.MSG_CTRUNC:
-            self.close("too many fds in one message")
-            return
+        if anc:
+            for level, typ, data in anc:
+                if level == _SOL_SOCKET and typ == _SCM_RIGHTS:
+                    a = array.array("i")
+                    a.frombytes(data[: len(data) - len(data) % a.itemsize])
+                    self.fds.extend(a)
+                    new_fds += len(a)
+            if flags & _MSG_CTRUNC:
+                self.close("too many fds in one message")
+                return
         if n == 0 and not new_fds:
             self.close("closed by peer")
             return
@@ -132,12 +138,59 @@ class FdSocket(StreamIn):
             if own_fds:
                 close_fds(fds)
             return
+        if not self._out and len(fds) <= MAX_FDS_PER_SEND:
+            # nothing queued: send right away, and queue only what the socket did not take
+            anc = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))] if fds else []
+            try:
+                sent = self.sock.sendmsg([data], anc)
+            except (BlockingIOError, InterruptedError):
+                sent = -1
+            except OSError as e:
+                if own_fds:
+                    close_fds(fds)
+                self.close(f"write error: {e.strerror}")
+                return
+            if sent >= 0:
+                if fds and own_fds:
+                    close_fds(fds)
+                fds = ()
+                if sent == len(data):
+                    if self.on_drain is not None:
+                        self.on_drain()
+                    return
+                data = data[sent:]
+            full = True  # the socket took less than all: wait until it is writable
+        else:
+            full = False
         if isinstance(data, memoryview):
             data = bytes(data)
         self._out.append([memoryview(data), list(fds), own_fds])
         self.out_bytes += len(data)
         if len(self._out) == 1:
-            self._flush()
+            if full:
+                self.loop.add_writer(self.fd, self._flush)
+            else:
+                self._flush()
+
+    @property
+    def busy(self) -> bool:
+        """Output is queued (or the socket is closed): new output must queue behind it."""
+        return bool(self._out) or self.closed
+
+    def sent_directly(self, data, sent: int) -> None:
+        """``data`` went to this socket outside ``write`` (``sent`` bytes of it,
+        or -errno): queue the rest, or close on a hard error."""
+        if sent < 0:
+            if -sent not in (errno.EAGAIN, errno.EINTR):
+                self.close(f"write error: {os.strerror(-sent)}")
+                return
+            sent = 0
+        if sent < len(data):
+            self._out.append([memoryview(bytes(data[sent:])), [], True])
+            self.out_bytes += len(data) - sent
+            self.loop.add_writer(self.fd, self._flush)
+        elif self.on_drain is not None:
+            self.on_drain()
 
     def _flush(self) -> None:
         out = self._out
@@ -148,7 +201,7 @@ class FdSocket(StreamIn):
                 # fds ride on the first byte sent; more than one batch of them
                 # needs one byte of data per batch
                 bufs = [view if len(fds) <= MAX_FDS_PER_SEND else view[:1]]
-                anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", send_fds))]
+                anc = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", send_fds))]
             else:
                 anc = []
                 bufs = [view]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MAGIC = b"WLPXLINK"
 VERSION = 1
@@ -56,8 +57,7 @@ class LinkError(Exception):
     """The peer broke the link protocol; the link must be dropped."""
 
 
-@dataclass
-class Frame:
+class Frame(NamedTuple):
     type: int
     channel: int
     payload: bytes
@@ -162,6 +162,8 @@ class LinkDecoder:
         self._buf = bytearray()
         self._shm: list[int] | None = None  # [channel, key, offset, remaining] while streaming
         self.hello_seen = False
+        # payload limit of each frame type this side accepts
+        self._limits = {t: self._limit(t) for t in NAMES if accept is None or t in accept}
 
     def _limit(self, ftype: int) -> int:
         lim = self.limits
@@ -219,17 +221,18 @@ class LinkDecoder:
             if n - pos < HEADER_SIZE:
                 break
             length, ftype, flags, channel = HEADER.unpack_from(buf, pos)
-            if ftype not in NAMES:
-                raise LinkError(f"unknown frame type {ftype}")
-            if self.accept is not None and ftype not in self.accept:
+            limit = self._limits.get(ftype)
+            if limit is None:
+                if ftype not in NAMES:
+                    raise LinkError(f"unknown frame type {ftype}")
                 raise LinkError(f"frame type {NAMES[ftype]} is not allowed in this direction")
             if flags:
                 raise LinkError(f"{NAMES[ftype]} frame with unknown flags {flags:#x}")
-            if length > self._limit(ftype):
-                raise LinkError(f"{NAMES[ftype]} frame of {length} bytes exceeds the limit of {self._limit(ftype)}")
+            if length > limit:
+                raise LinkError(f"{NAMES[ftype]} frame of {length} bytes exceeds the limit of {limit}")
             if not self.hello_seen and ftype != HELLO:
                 raise LinkError(f"{NAMES[ftype]} frame before HELLO")
-            if (channel == 0) != (ftype in (HELLO, ERROR)):
+            if (channel == 0) != (ftype <= ERROR):
                 raise LinkError(f"{NAMES[ftype]} frame on channel {channel}")
             if ftype == SHM_DATA:
                 if length < SHM_HEADER.size:

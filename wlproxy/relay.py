@@ -22,22 +22,26 @@ OnError = Callable[[Record, str], None]
 def pump(codec: Codec, direction: int, src, forward: Forward, message: OnMessage, error: OnError,
          new_fds: int = 0) -> int:
     """Process what ``src`` has buffered; returns the bytes consumed, or -1 after an error."""
-    recs, used = codec.feed(direction, src.rbuf, src.filled, new_fds)
-    view = memoryview(src.rbuf)
-    try:
-        for r in recs:
-            if r.kind == ERROR:
-                error(r, codec.error_text())
-                return -1
-            fds = src.take_fds(r.nfds) if r.nfds else []
-            data = view[r.start:r.start + r.length]
-            if r.kind == MSG:
-                iface, msg = codec.tables.message(r.iface, direction, r.opcode)
-                message(iface, msg, r.obj, data, fds)
-            else:
-                forward(data, fds)
-    finally:
-        view.release()
+    recs, used = codec.feed(direction, src.rbuf, src.filled, new_fds, src.cbuf)
+    return dispatch(codec, direction, src, recs, used, forward, message, error)
+
+
+def dispatch(codec: Codec, direction: int, src, recs: list[Record], used: int, forward: Forward,
+             message: OnMessage, error: OnError) -> int:
+    """Hand on the records ``codec`` gave for ``src``'s buffer; consume ``used`` bytes."""
+    view = src.view
+    for r in recs:
+        kind = r.kind
+        if kind == ERROR:
+            error(r, codec.error_text())
+            return -1
+        fds = src.take_fds(r.nfds) if r.nfds else []
+        data = view[r.start:r.start + r.length]
+        if kind == MSG:
+            iface, msg = codec.tables.message(r.iface, direction, r.opcode)
+            message(iface, msg, r.obj, data, fds)
+        else:
+            forward(data, fds)
     src.consume(used)
     return used
 

@@ -50,8 +50,12 @@ class LinkSession:
             if self.closed:
                 return
             try:
-                if isinstance(ev, link.ShmChunk):
+                if type(ev) is link.ShmChunk:
                     self.shm_chunk(ev)
+                elif ev.type == link.DATA:  # the common case first
+                    ch = self.channel_for(ev)
+                    if ch is not None:
+                        ch.remote_data(ev.payload)
                 else:
                     self._frame(ev)
             except link.LinkError as e:
