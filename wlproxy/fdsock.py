@@ -84,6 +84,7 @@ class FdSocket(StreamIn):
         self.out_bytes = 0
         self.closed = False
         self.paused = False
+        self.corked = False
         self.on_drain: Callable[[], None] | None = None
         loop.add_reader(self.fd, self._readable)
 
@@ -138,7 +139,7 @@ class FdSocket(StreamIn):
             if own_fds:
                 close_fds(fds)
             return
-        if not self._out and len(fds) <= MAX_FDS_PER_SEND:
+        if not self._out and not self.corked and len(fds) <= MAX_FDS_PER_SEND:
             # nothing queued: send right away, and queue only what the socket did not take
             anc = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds))] if fds else []
             try:
@@ -166,16 +167,27 @@ class FdSocket(StreamIn):
             data = bytes(data)
         self._out.append([memoryview(data), list(fds), own_fds])
         self.out_bytes += len(data)
-        if len(self._out) == 1:
+        if len(self._out) == 1 and not self.corked:
             if full:
                 self.loop.add_writer(self.fd, self._flush)
             else:
                 self._flush()
 
+    def cork(self) -> None:
+        """Hold writes until ``uncork``: what several inputs produce leaves in
+        one send (one wake-up of the peer)."""
+        self.corked = True
+
+    def uncork(self) -> None:
+        if self.corked:
+            self.corked = False
+            if self._out and not self.closed:
+                self._flush()
+
     @property
     def busy(self) -> bool:
-        """Output is queued (or the socket is closed): new output must queue behind it."""
-        return bool(self._out) or self.closed
+        """Output is queued or held (or the socket is closed): new output must queue behind it."""
+        return bool(self._out) or self.corked or self.closed
 
     def sent_directly(self, data, sent: int) -> None:
         """``data`` went to this socket outside ``write`` (``sent`` bytes of it,

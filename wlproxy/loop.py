@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import logging
@@ -143,6 +144,9 @@ class Loop:
             self._run_callback(cb)
 
     def run(self) -> None:
+        # what exists before the loop runs (the protocol model, the policy) lives
+        # as long as the process: keep the cyclic collector from walking it
+        gc.freeze()
         self._running = True
         while self._running:
             self.run_once()

@@ -46,21 +46,30 @@ class LinkSession:
 
     # -- input ---------------------------------------------------------------
     def _events(self, events: list) -> None:
-        for ev in events:
-            if self.closed:
-                return
-            try:
-                if type(ev) is link.ShmChunk:
-                    self.shm_chunk(ev)
-                elif ev.type == link.DATA:  # the common case first
-                    ch = self.channel_for(ev)
-                    if ch is not None:
-                        ch.remote_data(ev.payload)
-                else:
-                    self._frame(ev)
-            except link.LinkError as e:
-                self.fail(str(e))
-                return
+        corked: list = []  # local sockets holding this batch's output, to send it at once
+        batch = len(events) > 1
+        try:
+            for ev in events:
+                if self.closed:
+                    return
+                try:
+                    if type(ev) is link.ShmChunk:
+                        self.shm_chunk(ev)
+                    elif ev.type == link.DATA:  # the common case first
+                        ch = self.channel_for(ev)
+                        if ch is not None:
+                            if batch and not ch.local.corked:
+                                ch.local.cork()
+                                corked.append(ch.local)
+                            ch.remote_data(ev.payload)
+                    else:
+                        self._frame(ev)
+                except link.LinkError as e:
+                    self.fail(str(e))
+                    return
+        finally:
+            for s in corked:
+                s.uncork()
 
     def _frame(self, f: link.Frame) -> None:
         t = f.type
