@@ -660,3 +660,45 @@ def test_feed_send_reports_a_full_socket():
         pass
     sent, _, _ = p.codec.feed_send(REQUEST, req(1, "wl_display", "sync", 8), a.fileno())
     assert sent == -errno.EAGAIN
+
+
+def test_read_forward_reads_validates_and_writes_the_link_frame():
+    import os
+    import socket
+
+    from wlproxy import link
+    from wlproxy.fdsock import StreamIn
+    p = started()
+    client, local = socket.socketpair()
+    link_w, link_r = socket.socketpair()
+    link_r.settimeout(2)
+    src = StreamIn(4096)
+    data = req(1, "wl_display", "sync", 8) + req(1, "wl_display", "sync", 9)
+    client.sendall(data)
+    r = p.codec.read_forward(REQUEST, local.fileno(), src, link_w.fileno(), 7, 4096, b"PREFIX")
+    assert (r.nread, r.forwarded, r.written) == (len(data), len(data), 6 + 12 + len(data))
+    assert link_r.recv(4096) == b"PREFIX" + link.header(link.DATA, 7, len(data)) + data
+    assert p.codec.lookup(9) is not None
+    src.consume(r.forwarded)
+    # more than the room: validated, left to the caller
+    client.sendall(req(1, "wl_display", "sync", 10))
+    r = p.codec.read_forward(REQUEST, local.fileno(), src, link_w.fileno(), 7, 11, b"")
+    assert r.forwarded == 0 and r.nread == 12
+    recs, used = p.codec.records_after_read(REQUEST, src)
+    assert [(x.kind, x.start, x.length) for x in recs] == [(PASS, 0, 12)] and used == 12
+    src.consume(used)
+    # an fd: never forwarded here; it is queued with the bytes
+    rfd, wfd = os.pipe()
+    client.sendmsg([req(1, "wl_display", "sync", 11)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                          __import__("array").array("i", [wfd]))])
+    os.close(wfd)
+    r = p.codec.read_forward(REQUEST, local.fileno(), src, link_w.fileno(), 7, 4096, b"")
+    assert r.forwarded == 0 and r.nfds == 1 and len(src.fds) == 1
+    os.close(src.fds.pop())
+    os.close(rfd)
+    # end of stream, and nothing to read
+    link_r.setblocking(False)
+    client.close()
+    src.consume(src.filled)
+    r = p.codec.read_forward(REQUEST, local.fileno(), src)
+    assert r.nread == 0 and r.nfds == 0

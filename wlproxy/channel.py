@@ -11,7 +11,9 @@ socket has taken them.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
+import os
 import socket
 from typing import TYPE_CHECKING, Callable
 
@@ -54,7 +56,8 @@ class Channel:
         self.kinds: collections.deque[tuple] = collections.deque()  # parallel to remote_in.fds
         self.to_credit = 0
         self.closed = False
-        self.local = FdSocket(owner.loop, sock, self._from_local, self._local_closed, name=self.name)
+        self.local = FdSocket(owner.loop, sock, None, self._local_closed, name=self.name,
+                              read_hook=self._read_local)
         self.local.on_drain = self._local_drained
 
     def intercept(self) -> None:
@@ -64,19 +67,46 @@ class Channel:
                 self.codec.intercept(iface, direction, msg)
 
     # -- local -> link -----------------------------------------------------
-    def _from_local(self, s: FdSocket, new_fds: int) -> None:
+    def _read_local(self) -> None:
+        """The local socket is readable: one C call reads, validates and, in the
+        common case (one run of plain messages, nothing queued before it),
+        writes them to the link; anything else goes through the records."""
+        s = self.local
         if self.closed:
             return
-        recs, used = self.codec.feed(self.local_dir, s.rbuf, s.filled, new_fds, s.cbuf)
-        if (len(recs) == 1 and not self.pending and recs[0].kind == PASS and not recs[0].nfds
-                and used <= self.peer_window - self.unacked and used <= link.Limits.max_data):
-            # the common case: one run of plain messages, straight to the link
-            self.owner.writer.send(self.ch, link.header(link.DATA, self.ch, used) + s.view[:used])
-            self.unacked += used
-            s.consume(used)
-        elif dispatch(self.codec, self.local_dir, s, recs, used, self.local_forward, self._local_message,
-                      self.local_error) < 0:
+        if s.filled == len(s.rbuf):
+            # a message larger than the buffer, which the codec rejects before this
+            s.close("input buffer full")
             return
+        w = self.owner.writer
+        prefix = b""
+        if not self.pending and w.direct_ok(self.ch):
+            prefix = w.held()
+            room = max(0, min(self.peer_window - self.unacked, link.Limits.max_data))
+            r = self.codec.read_forward(self.local_dir, s.fd, s, w.fd, self.ch, room, prefix)
+        else:
+            r = self.codec.read_forward(self.local_dir, s.fd, s)
+        n = r.nread
+        if n < 0:
+            if -n not in (errno.EAGAIN, errno.EINTR):
+                s.close(f"read error: {os.strerror(-n)}")
+            return
+        if r.truncated:
+            s.close("too many fds in one message")
+            return
+        if n == 0 and not r.nfds:
+            s.close("closed by peer")
+            return
+        used = r.forwarded
+        if used:
+            self.unacked += used
+            w.sent_directly(prefix, link.header(link.DATA, self.ch, used), s.view[:used], r.written)
+            s.consume(used)
+        else:
+            recs, used = self.codec.records_after_read(self.local_dir, s)
+            if dispatch(self.codec, self.local_dir, s, recs, used, self.local_forward, self._local_message,
+                        self.local_error) < 0:
+                return
         self.flush()
 
     def local_forward(self, data: memoryview, fds: list) -> None:

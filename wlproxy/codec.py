@@ -19,6 +19,7 @@ from wlproxy.protocol import ARG_TYPES, EVENT, REQUEST, Interface, Message, Prot
 
 PASS, MSG, ERROR = lib.WLC_REC_PASS, lib.WLC_REC_MSG, lib.WLC_REC_ERROR
 NOT_SENT = lib.FP_NOT_SENT
+FDS_PER_READ = 253  # what one recvmsg may carry (SCM_MAX_FD)
 SERVER_ID_START = 0xFF000000
 DEFAULT_MAX_MESSAGE = 4096
 DEFAULT_MAX_OBJECTS = 1 << 20
@@ -127,6 +128,9 @@ class Codec:
         self._cap = record_capacity
         self._consumed = ffi.new("uint32_t *")
         self._nrecs = ffi.new("uint32_t *")
+        self._read = ffi.new("struct fp_read *")
+        self._filled = ffi.new("uint32_t *")
+        self._fds = ffi.new("int32_t[]", FDS_PER_READ)
 
     # -- configuration -----------------------------------------------------
     def intercept(self, iface: str, direction: int, *names: str, on: bool = True) -> None:
@@ -189,6 +193,43 @@ class Codec:
             out.extend(r._replace(start=r.start + used) for r in more)
             used += used2
         return NOT_SENT, out, used
+
+    def read_forward(self, direction: int, fd: int, src, link_fd: int = -1, channel: int = 0, room: int = 0,
+                     prefix: bytes = b""):
+        """One read from ``fd`` into ``src`` (a ``StreamIn``; fds go to
+        ``src.fds``), validated, and forwarded in the same C call when it is
+        one run of plain messages, no more than ``room`` bytes, and ``link_fd``
+        is given: ``prefix`` + a DATA frame for ``channel`` go to ``link_fd``
+        with one writev.  Returns the C ``struct fp_read`` (valid until the
+        next call): ``nread``, ``truncated``, ``forwarded`` and ``written``,
+        or the records for ``records_after_read``."""
+        r = self._read
+        r.link_fd = link_fd
+        r.channel = channel
+        r.room = room
+        keep = ffi.from_buffer(prefix) if prefix else ffi.NULL
+        r.prefix = keep
+        r.prefix_len = len(prefix)
+        filled = self._filled
+        filled[0] = src.filled
+        lib.fp_read_forward(self._conn, direction, fd, src.cbuf, len(src.rbuf), filled, self._fds, FDS_PER_READ,
+                            r, self._recs, self._cap)
+        src.filled = filled[0]
+        if r.nfds:
+            src.fds.extend(ffi.unpack(self._fds, r.nfds))
+        return r
+
+    def records_after_read(self, direction: int, src) -> tuple[list[Record], int]:
+        """The records of the last ``read_forward`` that did not forward, as ``feed`` gives them."""
+        r = self._read
+        n = r.nrecs
+        out = list(map(Record._make, _REC.iter_unpack(self._recs_buf[:n * _REC.size])))
+        used = r.consumed
+        if n >= self._cap - 1 and out[-1].kind != ERROR:  # more than one batch of records
+            more, used2 = self.feed(direction, memoryview(src.rbuf)[used:src.filled], src.filled - used)
+            out.extend(x._replace(start=x.start + used) for x in more)
+            used += used2
+        return out, used
 
     def error_text(self) -> str:
         return ffi.string(lib.wlc_error(self._conn)).decode("utf-8", "replace")

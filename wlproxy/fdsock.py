@@ -66,12 +66,15 @@ class FdSocket(StreamIn):
 
     Received bytes accumulate in ``rbuf[:filled]`` and received fds in
     ``fds``; ``on_data(self, new_fds)`` is called after each read and the
-    owner calls ``consume(n)`` for what it handled.  ``write`` queues bytes
-    with fds and sends as soon as the socket takes them.
+    owner calls ``consume(n)`` for what it handled.  An owner that reads by
+    itself (into the same buffer) gives ``read_hook`` instead, called when
+    the socket is readable.  ``write`` queues bytes with fds and sends as
+    soon as the socket takes them.
     """
 
-    def __init__(self, loop: Loop, sock: socket.socket, on_data: Callable[["FdSocket", int], None],
-                 on_close: Callable[["FdSocket", str], None], *, rbuf_size: int = 65536, name: str = ""):
+    def __init__(self, loop: Loop, sock: socket.socket, on_data: Callable[["FdSocket", int], None] | None,
+                 on_close: Callable[["FdSocket", str], None], *, rbuf_size: int = 65536, name: str = "",
+                 read_hook: Callable[[], None] | None = None):
         sock.setblocking(False)
         self.loop = loop
         self.sock = sock
@@ -86,6 +89,7 @@ class FdSocket(StreamIn):
         self.paused = False
         self.corked = False
         self.on_drain: Callable[[], None] | None = None
+        self.read_hook = read_hook  # does the reading itself, in place of recvmsg + on_data
         loop.add_reader(self.fd, self._readable)
 
     # -- reading -----------------------------------------------------------
@@ -101,6 +105,9 @@ class FdSocket(StreamIn):
 
     def _readable(self) -> None:
         if self.closed:
+            return
+        if self.read_hook is not None:
+            self.read_hook()
             return
         if self.filled == len(self.rbuf):
             # the owner could not make progress on a full buffer: a message

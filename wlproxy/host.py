@@ -175,9 +175,9 @@ class HostChannel(Channel):
         if self.closed:
             raise _Closed
 
-    def _from_local(self, s, new_fds: int) -> None:
+    def _read_local(self) -> None:
         try:
-            super()._from_local(s, new_fds)
+            super()._read_local()
         except _Closed:
             pass
 

@@ -6,6 +6,7 @@ Works on any stream fd: a Unix or vsock socket, or a virtio-console port.
 from __future__ import annotations
 
 import collections
+import errno
 import fcntl
 import logging
 import os
@@ -110,6 +111,34 @@ class LinkWriter:
         q.append((job, size))
         self.queued_bytes += size
         self._kick_soon()
+
+    def direct_ok(self, channel: int) -> bool:
+        """Nothing is half-written and nothing of ``channel`` is queued: a frame
+        of it may go out right now, ahead of the other channels' queues."""
+        return not (self.closed or self._waiting or self._inflight or self._queues.get(channel))
+
+    def held(self) -> bytes:
+        """The control frames waiting for the next write (held-back credits)."""
+        return b"".join(self._urgent) if self._urgent else b""
+
+    def sent_directly(self, prefix: bytes, header: bytes, data, written: int) -> None:
+        """``prefix`` (what ``held`` gave), then ``header`` + ``data`` were
+        written to the link outside the writer (``written`` bytes of them, or
+        -errno): keep the rest as the frame in flight."""
+        if prefix:
+            self._urgent.clear()
+            self.queued_bytes -= len(prefix)
+            self._lazy_value = 0
+        if written < 0:
+            if -written not in (errno.EAGAIN, errno.EINTR):
+                self.closed = True
+                self.on_error(f"link write failed: {os.strerror(-written)}")
+                return
+            written = 0
+        total = len(prefix) + len(header) + len(data)
+        if written < total:
+            self._inflight = [memoryview((prefix + header + bytes(data))[written:])]
+            self._wait()
 
     def drop_channel(self, channel: int) -> None:
         q = self._queues.pop(channel, None)
