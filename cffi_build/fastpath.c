@@ -104,3 +104,126 @@ void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t
     r->forwarded = used; /* the caller queues what writev did not take, then drops them from buf */
     r->nrecs = 0;
 }
+
+static struct fp_chan *touch(struct fp_chan *slots, uint32_t k, struct fp_scan *s)
+{
+    struct fp_chan *c = &slots[k];
+    if (!c->touched) {
+        c->touched = 1;
+        s->touched[s->ntouched++] = k;
+    }
+    return c;
+}
+
+/* Send the run of DATA payloads; 0 when all went, else FP_STOP_SHORT (the
+ * channel is no longer fast: the caller queues the rest). */
+static uint32_t send_run(struct fp_chan *slots, const uint8_t *buf, struct fp_scan *s)
+{
+    struct iovec iov[FP_RUN_MAX];
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < s->run_n; i++) {
+        iov[i].iov_base = (void *)(buf + s->run_off[i]);
+        iov[i].iov_len = s->run_len[i];
+        total += s->run_len[i];
+    }
+    struct msghdr m = {0};
+    m.msg_iov = iov;
+    m.msg_iovlen = s->run_n;
+    struct fp_chan *c = &slots[s->run_slot];
+    ssize_t w;
+    do
+        w = sendmsg(c->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (w < 0 && errno == EINTR);
+    if (w >= 0 && (uint64_t)w == total) {
+        s->run_n = 0;
+        return 0;
+    }
+    c->fast = 0;
+    s->slot = s->run_slot;
+    s->sent = w < 0 ? -(int64_t)errno : (int64_t)w;
+    return FP_STOP_SHORT;
+}
+
+/* Walk the complete frames at the start of buf[0:len] (link input, with
+ * HELLO done and nothing buffered before it).  CREDIT frames and DATA frames
+ * of channels in `slots` (at ch % nslots) are handled here: credits add up;
+ * DATA of a `fast` channel is validated by its codec and, when it passes
+ * whole, joins a run of that channel's payloads that goes to its local
+ * socket in one sendmsg (when the input ends, or another channel's DATA
+ * follows).  The walk stops before any other frame (or anything not quite
+ * right, which the Python decoder then reports), or after a DATA frame that
+ * Python must act on; a run not yet sent is then left to Python (run_n), to
+ * go out with what Python adds.  Returns the bytes consumed. */
+uint32_t fp_link_scan(struct fp_chan *slots, uint32_t nslots, const uint8_t *buf, uint32_t len,
+                      struct fp_scan *s, struct wlc_rec *recs, uint32_t rcap)
+{
+    uint32_t pos = 0;
+    s->ntouched = 0;
+    s->stop = FP_STOP_NONE;
+    s->run_n = 0;
+    while (len - pos >= 12 && s->ntouched < FP_SCAN_TOUCHED) {
+        uint32_t flen, ch;
+        uint16_t type, flags;
+        memcpy(&flen, buf + pos, 4);
+        memcpy(&type, buf + pos + 4, 2);
+        memcpy(&flags, buf + pos + 6, 2);
+        memcpy(&ch, buf + pos + 8, 4);
+        uint32_t k = ch % nslots;
+        struct fp_chan *c = &slots[k];
+        if (flags || ch == 0 || (type != FP_LINK_DATA && type != FP_LINK_CREDIT) || c->ch != ch) {
+            s->stop = FP_STOP_FRAME;
+            return pos;
+        }
+        if (type == FP_LINK_CREDIT) {
+            uint32_t v;
+            if (flen != 4) {
+                s->stop = FP_STOP_FRAME;
+                return pos;
+            }
+            if (len - pos < 16)
+                break;
+            memcpy(&v, buf + pos + 12, 4);
+            if ((uint64_t)c->credit + v > UINT32_MAX) {
+                s->stop = FP_STOP_FRAME;
+                return pos;
+            }
+            touch(slots, k, s)->credit += v;
+            pos += 16;
+            continue;
+        }
+        if (flen > s->max_data || !c->fast || (uint64_t)c->data + flen > c->room) {
+            s->stop = FP_STOP_FRAME;
+            return pos;
+        }
+        if (len - pos - 12 < flen)
+            break;
+        if (s->run_n && (s->run_slot != k || s->run_n == FP_RUN_MAX)) {
+            if ((s->stop = send_run(slots, buf, s)))
+                return pos;
+        }
+        const uint8_t *p = buf + pos + 12;
+        touch(slots, k, s)->data += flen;
+        pos += 12 + flen;
+        if (flen == 0)
+            continue;
+        uint32_t used = 0;
+        uint32_t n = wlc_feed(c->codec, c->dir, p, flen, 0, recs, rcap, &used);
+        if (n != 1 || recs[0].kind != WLC_REC_PASS || recs[0].nfds || recs[0].len != flen) {
+            c->fast = 0;
+            s->stop = FP_STOP_RECORDS;
+            s->slot = k;
+            s->off = pos - flen;
+            s->len = flen;
+            s->nrecs = n;
+            s->consumed = used;
+            return pos;
+        }
+        if (!s->run_n)
+            s->run_slot = k;
+        s->run_off[s->run_n] = pos - flen;
+        s->run_len[s->run_n++] = flen;
+    }
+    if (s->run_n)
+        s->stop = send_run(slots, buf, s);
+    return pos;
+}

@@ -25,3 +25,40 @@ struct fp_read {
 void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t cap, uint32_t *filled,
                      int32_t *fds, uint32_t fds_cap, struct fp_read *r, struct wlc_rec *out, uint32_t out_cap);
 #define FP_LINK_DATA 5
+#define FP_LINK_CREDIT 6
+
+/* Link input: DATA and CREDIT frames for channels that need nothing from
+ * Python, handled in one call per read; see fp_link_scan. */
+struct fp_chan {
+    struct wlc_conn *codec;
+    int32_t fd;       /* the channel's local socket */
+    uint32_t ch;      /* channel id; 0: slot free */
+    uint8_t dir;      /* direction of the messages the link brings */
+    uint8_t fast;     /* 1: nothing of this channel is buffered or queued in Python */
+    uint16_t pad;
+    uint32_t room;    /* DATA bytes the peer may send before it runs out of credit */
+    uint32_t data;    /* out: DATA bytes taken */
+    uint32_t credit;  /* out: CREDIT granted */
+    uint32_t touched; /* out: listed in fp_scan.touched */
+};
+#define FP_SCAN_TOUCHED 64
+#define FP_RUN_MAX 64
+#define FP_STOP_NONE 0
+#define FP_STOP_FRAME 1   /* before a frame for Python; the run (if any) is not sent */
+#define FP_STOP_SHORT 2   /* the run was sent short (sent < its bytes, or -errno) */
+#define FP_STOP_RECORDS 3 /* a DATA frame Python must act on (records); the run before it is not sent */
+struct fp_scan {
+    uint32_t max_data;
+    uint32_t ntouched;
+    uint32_t touched[FP_SCAN_TOUCHED]; /* slots with results */
+    uint32_t stop;      /* FP_STOP_*: why the scan ended early */
+    uint32_t slot;      /* SHORT / RECORDS: the channel's slot */
+    uint32_t off, len;  /* RECORDS: that frame's payload in buf */
+    uint32_t nrecs, consumed; /* RECORDS: wlc_feed's result for the payload */
+    int64_t sent;       /* SHORT: bytes of the run sent, or -errno */
+    /* consecutive DATA payloads of one channel, sent with one sendmsg */
+    uint32_t run_slot, run_n;
+    uint32_t run_off[FP_RUN_MAX], run_len[FP_RUN_MAX];
+};
+uint32_t fp_link_scan(struct fp_chan *slots, uint32_t nslots, const uint8_t *buf, uint32_t len,
+                      struct fp_scan *s, struct wlc_rec *recs, uint32_t rcap);

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import select
 import socket
+import time
 
 from helpers_wire import encode
 from wlproxy import link
@@ -65,4 +66,82 @@ def test_data_frames_read_together_reach_the_client_in_one_write() -> None:
     _run_until(loop, lambda: _readable(client))
     assert client.recv(4096) == events[0]
     lk.shutdown("test over", violation=False)
+    loop.close()
+
+
+def _linked() -> tuple[Loop, GuestLink, socket.socket]:
+    loop = Loop()
+    host, guest_end = socket.socketpair()
+    host.settimeout(2)
+    server = _Server(loop)
+    lk = GuestLink(server, guest_end.detach(), "test link")
+    host.sendall(link.hello_frame(1 << 18, "test host"))
+    _run_until(loop, lambda: server.ready)
+    return loop, lk, host
+
+
+def _client(lk: GuestLink, kind: int = socket.SOCK_SEQPACKET, bufsize: int = 0) -> socket.socket:
+    client, proxy_side = socket.socketpair(socket.AF_UNIX, kind)
+    client.settimeout(2)
+    if bufsize:  # small socket buffers: the guest half's output to this client queues soon
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
+        proxy_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
+    lk.add_client(proxy_side)
+    return client
+
+
+def test_interleaved_channels_keep_each_clients_order() -> None:
+    loop, lk, host = _linked()
+    c1, c2 = _client(lk), _client(lk)
+    ev = [encode(50 + i, "wl_callback", "done", i, direction=EVENT) for i in range(4)]
+    host.sendall(link.frame(link.DATA, 1, ev[0]) + link.frame(link.DATA, 1, ev[1])
+                 + link.frame(link.DATA, 2, ev[2]) + link.frame(link.DATA, 1, ev[3]))
+    _run_until(loop, lambda: _readable(c1) and _readable(c2))
+    assert c2.recv(4096) == ev[2]
+    got = c1.recv(4096)
+    if got == ev[0] + ev[1]:  # the run ended at channel 2's frame
+        _run_until(loop, lambda: _readable(c1))
+        got += c1.recv(4096)
+    assert got == ev[0] + ev[1] + ev[3]
+    lk.shutdown("test over", violation=False)
+    loop.close()
+
+
+def test_a_client_that_does_not_read_gets_everything_later_in_order() -> None:
+    loop, lk, host = _linked()
+    c = _client(lk, socket.SOCK_STREAM, 4096)
+    ev = [encode(50 + i % 200, "wl_callback", "done", i, direction=EVENT) for i in range(3000)]
+    sent = b""
+    for i in range(0, len(ev), 100):  # within the window; the guest credits as the client reads
+        chunk = b"".join(link.frame(link.DATA, 1, e) for e in ev[i:i + 100])
+        host.sendall(chunk)
+        sent += b"".join(ev[i:i + 100])
+        loop.run_once(0)
+    got = bytearray()
+    deadline = time.monotonic() + 10
+    while len(got) < len(sent) and time.monotonic() < deadline:
+        loop.run_once(0.01)
+        c.setblocking(False)
+        try:
+            got += c.recv(1 << 16)
+        except BlockingIOError:
+            pass
+    assert bytes(got) == sent
+    assert not lk.closed
+    lk.shutdown("test over", violation=False)
+    loop.close()
+
+
+def test_data_beyond_the_credit_window_drops_the_link() -> None:
+    loop, lk, host = _linked()
+    c = _client(lk, socket.SOCK_STREAM, 4096)  # and it does not read: no credit comes back
+    ev = encode(50, "wl_callback", "done", 1, direction=EVENT)
+    frames = link.frame(link.DATA, 1, ev * 4000)  # 48 KB per frame
+    try:
+        for _ in range(8):  # 384 KB: over the 256 KiB window
+            host.sendall(frames)
+            loop.run_once(0)
+    except OSError:
+        pass
+    _run_until(loop, lambda: lk.closed)
     loop.close()

@@ -59,6 +59,8 @@ class Channel:
         self.local = FdSocket(owner.loop, sock, None, self._local_closed, name=self.name,
                               read_hook=self._read_local)
         self.local.on_drain = self._local_drained
+        self.local.on_busy = self.sync_fast
+        self.slot = None  # this channel's entry in the owner's C link scan table, if it has one
 
     def intercept(self) -> None:
         """Apply ``handlers`` to the codec's mask (call after filling them)."""
@@ -189,12 +191,33 @@ class Channel:
                 self.local.sent_directly(payload, sent)
                 if not self.closed:
                     self._maybe_credit()
+                self.sync_fast()
                 return
             rin.append(payload)
             used = dispatch(self.codec, self.remote_dir, rin, recs, used, self.remote_forward,
                             self._remote_message, self.remote_error)
         if used >= 0 and not self.closed:
             self._maybe_credit()
+        self.sync_fast()
+
+    def remote_fed(self, payload, recs: list[Record], used: int) -> None:
+        """DATA the link scan validated but could not forward whole: act on its records."""
+        self.remote_in.append(payload)
+        if dispatch(self.codec, self.remote_dir, self.remote_in, recs, used, self.remote_forward,
+                    self._remote_message, self.remote_error) >= 0 and not self.closed:
+            self._maybe_credit()
+
+    def remote_done(self) -> None:
+        """After link input for this channel (the host accounts for it)."""
+
+    def sync_fast(self) -> None:
+        """Tell the C link scan whether DATA for this channel may go straight to
+        the local socket: only when nothing of it is buffered, queued or held."""
+        sl = self.slot
+        if sl is not None:
+            rin = self.remote_in
+            sl.fast = not (self.closed or rin.filled or rin.fds or self.remote_new_fds or self.local.busy)
+            sl.room = max(0, self.window - self.to_credit)
 
     def remote_fd(self, fd: int, kind: tuple) -> None:
         """An fd made from a link record (``kind`` says what it stands for): it
@@ -205,6 +228,7 @@ class Channel:
         self.remote_in.fds.append(fd)
         self.kinds.append(kind)
         self.remote_new_fds += 1
+        self.sync_fast()
 
     def remote_forward(self, data: memoryview, fds: list) -> None:
         for _ in fds:
@@ -225,6 +249,7 @@ class Channel:
     def _local_drained(self) -> None:
         if not self.closed:
             self._maybe_credit()
+            self.sync_fast()
 
     # -- closing -----------------------------------------------------------
     def _local_closed(self, s: FdSocket, reason: str) -> None:

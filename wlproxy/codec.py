@@ -28,8 +28,8 @@ DEFAULT_MAX_OBJECTS = 1 << 20
 INVALID_OBJECT, INVALID_METHOD, NO_MEMORY, IMPLEMENTATION = 0, 1, 2, 3
 
 
-_REC = struct.Struct("=IIIIHHHH")  # struct wlc_rec
-assert _REC.size == ffi.sizeof("struct wlc_rec")
+REC_STRUCT = struct.Struct("=IIIIHHHH")  # struct wlc_rec
+assert REC_STRUCT.size == ffi.sizeof("struct wlc_rec")
 
 
 class Record(NamedTuple):
@@ -122,6 +122,7 @@ class Codec:
         if conn == ffi.NULL:
             raise MemoryError("wlc_new failed")
         self._conn = ffi.gc(conn, lib.wlc_free)
+        self.c_conn = self._conn  # for C tables that point at this connection (keep the Codec alive)
         self._mask = ffi.buffer(lib.wlc_mask(conn), self.tables.n_msgs)
         self._recs = ffi.new("struct wlc_rec[]", record_capacity)
         self._recs_buf = memoryview(ffi.buffer(self._recs))
@@ -166,7 +167,7 @@ class Codec:
                              self._cap, consumed)
             new_fds = 0
             if n:
-                recs = map(Record._make, _REC.iter_unpack(recs_buf[:n * _REC.size]))
+                recs = map(Record._make, REC_STRUCT.iter_unpack(recs_buf[:n * REC_STRUCT.size]))
                 if pos:
                     out.extend(r._replace(start=r.start + pos) for r in recs)
                 else:
@@ -186,7 +187,7 @@ class Codec:
         if r != NOT_SENT:
             return r, [], 0
         n = nrecs[0]
-        out = list(map(Record._make, _REC.iter_unpack(self._recs_buf[:n * _REC.size])))
+        out = list(map(Record._make, REC_STRUCT.iter_unpack(self._recs_buf[:n * REC_STRUCT.size])))
         used = consumed[0]
         if n >= self._cap - 1 and out[-1].kind != ERROR:  # more than one batch of records
             more, used2 = self.feed(direction, memoryview(data)[used:], len(data) - used)
@@ -223,7 +224,7 @@ class Codec:
         """The records of the last ``read_forward`` that did not forward, as ``feed`` gives them."""
         r = self._read
         n = r.nrecs
-        out = list(map(Record._make, _REC.iter_unpack(self._recs_buf[:n * _REC.size])))
+        out = list(map(Record._make, REC_STRUCT.iter_unpack(self._recs_buf[:n * REC_STRUCT.size])))
         used = r.consumed
         if n >= self._cap - 1 and out[-1].kind != ERROR:  # more than one batch of records
             more, used2 = self.feed(direction, memoryview(src.rbuf)[used:src.filled], src.filled - used)

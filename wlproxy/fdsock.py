@@ -90,6 +90,7 @@ class FdSocket(StreamIn):
         self.corked = False
         self.on_drain: Callable[[], None] | None = None
         self.read_hook = read_hook  # does the reading itself, in place of recvmsg + on_data
+        self.on_busy: Callable[[], None] | None = None  # output starts to queue (see ``busy``)
         loop.add_reader(self.fd, self._readable)
 
     # -- reading -----------------------------------------------------------
@@ -172,6 +173,8 @@ class FdSocket(StreamIn):
             full = False
         if isinstance(data, memoryview):
             data = bytes(data)
+        if not self._out and self.on_busy is not None:
+            self.on_busy()
         self._out.append([memoryview(data), list(fds), own_fds])
         self.out_bytes += len(data)
         if len(self._out) == 1 and not self.corked:
@@ -184,6 +187,8 @@ class FdSocket(StreamIn):
         """Hold writes until ``uncork``: what several inputs produce leaves in
         one send (one wake-up of the peer)."""
         self.corked = True
+        if self.on_busy is not None:
+            self.on_busy()
 
     def uncork(self) -> None:
         if self.corked:
@@ -205,6 +210,8 @@ class FdSocket(StreamIn):
                 return
             sent = 0
         if sent < len(data):
+            if not self._out and self.on_busy is not None:
+                self.on_busy()
             self._out.append([memoryview(bytes(data[sent:])), [], True])
             self.out_bytes += len(data) - sent
             self.loop.add_writer(self.fd, self._flush)

@@ -345,6 +345,7 @@ class GuestLink(LinkSession):
         ch = self.next_channel
         self.next_channel += 1
         self.channels[ch] = GuestChannel(self, ch, sock)
+        self.fast_add(self.channels[ch])
         log.info("client %d connected", ch)
 
     def channel_for(self, f: link.Frame):

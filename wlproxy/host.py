@@ -194,6 +194,16 @@ class HostChannel(Channel):
         if not self.closed:
             self.account()
 
+    def remote_fed(self, payload, recs, used: int) -> None:
+        try:
+            super().remote_fed(payload, recs, used)
+        except _Closed:
+            pass
+
+    def remote_done(self) -> None:
+        if not self.closed:
+            self.account()
+
     def account(self) -> None:
         lim = self.owner.limits_host
         n = self.codec.message_count(REQUEST)
@@ -510,8 +520,7 @@ class HostLink(LinkSession):
     def peer_pipe_id_ok(self, pid: int) -> bool:
         return 0 < pid < 0x80000000
 
-    def _events(self, events: list) -> None:
-        super()._events(events)
+    def after_input(self) -> None:
         self.check_backlog()
 
     def check_backlog(self) -> None:
@@ -555,6 +564,7 @@ class HostLink(LinkSession):
             self.writer.send_urgent(link.close_frame(n, 2, "the compositor is not reachable"))
             return
         self.channels[n] = HostChannel(self, n, sock)
+        self.fast_add(self.channels[n])
         log.info("%s: client %d connected", self.name, n)
 
     def handle_frame(self, ch: HostChannel, f: link.Frame) -> None:

@@ -185,6 +185,10 @@ class LinkDecoder:
             return None
         return self._shm[0], self._shm[1], self._shm[2], self._shm[3]
 
+    def idle(self) -> bool:
+        """Past HELLO with nothing buffered or streaming: the next byte starts a frame."""
+        return self.hello_seen and self._shm is None and not self._buf
+
     def advance_direct(self, n: int) -> None:
         s = self._shm
         assert s is not None and 0 < n <= s[3]

@@ -288,7 +288,7 @@ class LinkReader:
                  on_events: Callable[[list], None], on_error: Callable[[str], None],
                  on_violation: Callable[[str], None],
                  resolve: Callable[[int, int, int, int], memoryview | None] | None = None,
-                 bufsize: int = 1 << 18):
+                 bufsize: int = 1 << 18, scan: Callable[[memoryview, int], int] | None = None):
         self.loop = loop
         self.fd = fd
         self.decoder = decoder
@@ -296,6 +296,7 @@ class LinkReader:
         self.on_error = on_error
         self.on_violation = on_violation
         self.resolve = resolve
+        self.scan = scan  # takes the frames it can handle at the start of fresh input; returns their bytes
         self.buf = bytearray(bufsize)
         self.view = memoryview(self.buf)
         self.closed = False
@@ -320,9 +321,16 @@ class LinkReader:
                 self._eof()
                 return
             got += n
-            if fresh:
+            if fresh and self.scan is not None and self.decoder.idle():
+                k = self.scan(self.view, fresh)
+                if self.closed:
+                    return
+                fresh_view = self.view[k:fresh]
+            else:
+                fresh_view = self.view[:fresh]
+            if len(fresh_view):
                 try:
-                    events = self.decoder.feed(self.view[:fresh])
+                    events = self.decoder.feed(fresh_view)
                 except LinkError as e:
                     self.closed = True
                     self.on_violation(str(e))

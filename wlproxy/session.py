@@ -11,6 +11,8 @@ import logging
 import os
 
 from wlproxy import link
+from wlproxy._codec import ffi, lib
+from wlproxy.codec import REC_STRUCT, ERROR, Record
 from wlproxy.linkio import LinkReader, LinkWriter
 from wlproxy.logs import audit
 from wlproxy.loop import Loop
@@ -19,6 +21,8 @@ from wlproxy.pipes import Pipes
 log = logging.getLogger("wlproxy.session")
 
 DEFAULT_WINDOW = 1 << 18
+SCAN_SLOTS = 64     # channels the C link scan knows (by id modulo this); the others go through Python
+SCAN_RECORDS = 256
 
 
 class LinkSession:
@@ -39,13 +43,121 @@ class LinkSession:
         self.closed = False
         self.writer = LinkWriter(loop, fd, self._io_error)
         self.decoder = link.LinkDecoder(self.limits, accept=self.accept)
+        # the C link scan: DATA and CREDIT of channels that need no Python, one call per read
+        self._slots = ffi.new("struct fp_chan[]", SCAN_SLOTS)
+        self._slot_ch: list = [None] * SCAN_SLOTS
+        self._scan_state = ffi.new("struct fp_scan *")
+        self._scan_state.max_data = self.limits.max_data
+        self._scan_recs = ffi.new("struct wlc_rec[]", SCAN_RECORDS)
+        self._scan_recs_buf = memoryview(ffi.buffer(self._scan_recs))
+        self._corked: list = []  # local sockets held until the end of this loop turn
         self.reader = LinkReader(loop, fd, self.decoder, self._events, self._io_error, self.fail,
-                                 resolve=self.resolve_shm)
+                                 resolve=self.resolve_shm, scan=self._scan)
         self.pipes = Pipes(loop, self._send_pipe, self.pipe_id_base)
         self.writer.send_urgent(link.hello_frame(window, f"wlproxy {self.side}"))
 
     # -- input ---------------------------------------------------------------
+    def _scan(self, view: memoryview, n: int) -> int:
+        """Let C take the DATA and CREDIT frames at the start of ``view[:n]``;
+        apply their results; returns the bytes taken."""
+        st = self._scan_state
+        used = lib.fp_link_scan(self._slots, SCAN_SLOTS, ffi.from_buffer(view), n, st, self._scan_recs,
+                                SCAN_RECORDS)
+        if not st.ntouched:
+            return used
+        chans = self._slot_ch
+        touched = [chans[k] for k in st.touched[0:st.ntouched]]
+        try:
+            for ch in touched:
+                sl = ch.slot
+                credit, data = sl.credit, sl.data
+                sl.credit = sl.data = sl.touched = 0
+                ch.to_credit += data
+                if credit and not ch.closed:
+                    ch.credit(credit)
+            stop = st.stop
+            if st.run_n:  # a run of plain DATA not (all) sent
+                ch = chans[st.run_slot]
+                run = b"".join(view[off:off + size]
+                               for off, size in zip(st.run_off[0:st.run_n], st.run_len[0:st.run_n]))
+                if ch.closed:
+                    pass
+                elif stop == lib.FP_STOP_SHORT:
+                    ch.local.sent_directly(run, st.sent)
+                else:
+                    # Python goes on with this read: what it adds for the channel leaves with the run
+                    self._cork_until_turn_ends(ch.local)
+                    ch.local.write(run)
+            if stop == lib.FP_STOP_RECORDS:
+                ch = chans[st.slot]
+                if not ch.closed:
+                    payload = view[st.off:st.off + st.len]
+                    k = st.nrecs
+                    recs = list(map(Record._make,
+                                    REC_STRUCT.iter_unpack(self._scan_recs_buf[:k * REC_STRUCT.size])))
+                    rec_used = st.consumed
+                    if k >= SCAN_RECORDS - 1 and recs[-1].kind != ERROR:  # more than one batch
+                        more, more_used = ch.codec.feed(ch.remote_dir, payload[rec_used:], st.len - rec_used)
+                        recs.extend(r._replace(start=r.start + rec_used) for r in more)
+                        rec_used += more_used
+                    self._cork_until_turn_ends(ch.local)
+                    ch.remote_fed(payload, recs, rec_used)
+            for ch in touched:
+                if not ch.closed:
+                    ch._maybe_credit()
+                    ch.remote_done()
+                ch.sync_fast()
+        except link.LinkError as e:
+            self.fail(str(e))
+            return n
+        self.after_input()
+        return used
+
+    def _cork_until_turn_ends(self, s) -> None:
+        if not s.corked and not s.closed:
+            s.cork()
+            if not self._corked:
+                self.loop.call_soon(self._uncork_all)
+            self._corked.append(s)
+
+    def _uncork_all(self) -> None:
+        corked, self._corked = self._corked, []
+        for s in corked:
+            s.uncork()
+
+    def fast_add(self, ch) -> None:
+        """Give ``ch`` a slot in the C link scan (when its slot is free)."""
+        k = ch.ch % SCAN_SLOTS
+        if self._slot_ch[k] is not None:
+            return  # shared with another channel: this one's input goes through Python
+        sl = self._slots[k]
+        sl.codec = ch.codec.c_conn
+        sl.fd = ch.local.fd
+        sl.ch = ch.ch
+        sl.dir = ch.remote_dir
+        sl.credit = sl.data = sl.touched = 0
+        self._slot_ch[k] = ch
+        ch.slot = sl
+        ch.sync_fast()
+
+    def fast_remove(self, ch) -> None:
+        if ch.slot is not None:
+            k = ch.ch % SCAN_SLOTS
+            sl = self._slots[k]
+            sl.ch = 0
+            sl.fast = 0
+            sl.codec = ffi.NULL
+            self._slot_ch[k] = None
+            ch.slot = None
+
+    def after_input(self) -> None:
+        """After each batch of link input (the host checks its backlog)."""
+
     def _events(self, events: list) -> None:
+        self._events_batch(events)
+        self.after_input()
+
+    def _events_batch(self, events: list) -> None:
         corked: list = []  # local sockets holding this batch's output, to send it at once
         batch = len(events) > 1
         try:
@@ -156,6 +268,7 @@ class LinkSession:
         return None
 
     def channel_closed(self, ch, reason: str) -> None:
+        self.fast_remove(ch)
         self.channels.pop(ch.ch, None)
         self.pipes.close_channel(ch.ch)
 
