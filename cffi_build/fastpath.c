@@ -147,8 +147,8 @@ static uint32_t send_run(struct fp_chan *slots, const uint8_t *buf, struct fp_sc
 /* Walk the complete frames at the start of buf[0:len] (link input, with
  * HELLO done and nothing buffered before it).  CREDIT frames and DATA frames
  * of channels in `slots` (at ch % nslots) are handled here: credits add up;
- * DATA of a `fast` channel is validated by its codec and, when it passes
- * whole, joins a run of that channel's payloads that goes to its local
+ * SHM_DATA for a pool in s->pools is copied into it (host side); DATA of a
+ * `fast` channel is validated by its codec and, when it passes whole, joins a run of that channel's payloads that goes to its local
  * socket in one sendmsg (when the input ends, or another channel's DATA
  * follows).  The walk stops before any other frame (or anything not quite
  * right, which the Python decoder then reports), or after a DATA frame that
@@ -168,6 +168,34 @@ uint32_t fp_link_scan(struct fp_chan *slots, uint32_t nslots, const uint8_t *buf
         memcpy(&type, buf + pos + 4, 2);
         memcpy(&flags, buf + pos + 6, 2);
         memcpy(&ch, buf + pos + 8, 4);
+        if (type == FP_LINK_SHM_DATA && !flags && ch && s->max_shm) {
+            /* pixels for a pool this table knows, all in this buffer: copy them in */
+            struct fp_pool *pl = NULL;
+            uint32_t key, pad;
+            uint64_t off;
+            if (flen < 16 || flen - 16 > s->max_shm) {
+                s->stop = FP_STOP_FRAME;
+                return pos;
+            }
+            if (len - pos - 12 < flen)
+                break;
+            memcpy(&key, buf + pos + 12, 4);
+            memcpy(&pad, buf + pos + 16, 4);
+            memcpy(&off, buf + pos + 20, 8);
+            for (uint32_t i = 0; i < s->npools; i++)
+                if (s->pools[i]->ch == ch && s->pools[i]->key == key) {
+                    pl = s->pools[i];
+                    break;
+                }
+            uint64_t plen = flen - 16;
+            if (pad || !pl || !pl->base || off > pl->size || plen > pl->size - off) {
+                s->stop = FP_STOP_FRAME;
+                return pos;
+            }
+            memcpy(pl->base + off, buf + pos + 28, plen);
+            pos += 12 + flen;
+            continue;
+        }
         uint32_t k = ch % nslots;
         struct fp_chan *c = &slots[k];
         if (flags || ch == 0 || (type != FP_LINK_DATA && type != FP_LINK_CREDIT) || c->ch != ch) {

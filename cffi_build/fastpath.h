@@ -26,6 +26,7 @@ void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t
                      int32_t *fds, uint32_t fds_cap, struct fp_read *r, struct wlc_rec *out, uint32_t out_cap);
 #define FP_LINK_DATA 5
 #define FP_LINK_CREDIT 6
+#define FP_LINK_SHM_DATA 8
 
 /* Link input: DATA and CREDIT frames for channels that need nothing from
  * Python, handled in one call per read; see fp_link_scan. */
@@ -49,6 +50,9 @@ struct fp_chan {
 #define FP_STOP_RECORDS 3 /* a DATA frame Python must act on (records); the run before it is not sent */
 struct fp_scan {
     uint32_t max_data;
+    uint32_t max_shm;   /* SHM_DATA payload limit; 0: SHM_DATA is not taken here */
+    uint32_t npools;
+    struct fp_pool **pools;
     uint32_t ntouched;
     uint32_t touched[FP_SCAN_TOUCHED]; /* slots with results */
     uint32_t stop;      /* FP_STOP_*: why the scan ended early */
@@ -59,6 +63,11 @@ struct fp_scan {
     /* consecutive DATA payloads of one channel, sent with one sendmsg */
     uint32_t run_slot, run_n;
     uint32_t run_off[FP_RUN_MAX], run_len[FP_RUN_MAX];
+};
+struct fp_pool {      /* a host-side pool that SHM_DATA may write to */
+    uint8_t *base;    /* NULL once closed */
+    uint64_t size;
+    uint32_t ch, key;
 };
 uint32_t fp_link_scan(struct fp_chan *slots, uint32_t nslots, const uint8_t *buf, uint32_t len,
                       struct fp_scan *s, struct wlc_rec *recs, uint32_t rcap);

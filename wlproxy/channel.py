@@ -18,9 +18,8 @@ import socket
 from typing import TYPE_CHECKING, Callable
 
 from wlproxy import link
-from wlproxy.codec import NOT_SENT, PASS, Codec, Record
+from wlproxy.codec import NOT_SENT, Codec, Record
 from wlproxy.fdsock import FdSocket, StreamIn, close_fds
-from wlproxy.protocol import Interface, Message
 from wlproxy.relay import dispatch, pump
 
 if TYPE_CHECKING:
@@ -47,6 +46,7 @@ class Channel:
         self.remote_dir = 1 - self.local_dir
         self.codec = Codec(max_message=max_message)
         self.handlers: tuple[dict, dict] = ({}, {})
+        self._by_index: tuple[dict, dict] = ({}, {})  # the handlers by (interface index, opcode)
         self.window = window          # what we let the peer have outstanding
         self.peer_window = peer_window  # what the peer lets us have outstanding
         self.unacked = 0
@@ -64,9 +64,13 @@ class Channel:
 
     def intercept(self) -> None:
         """Apply ``handlers`` to the codec's mask (call after filling them)."""
+        proto = self.codec.tables.proto
         for direction in (0, 1):
-            for (iface, msg) in self.handlers[direction]:
+            by_index = self._by_index[direction]
+            for (iface, msg), handler in self.handlers[direction].items():
                 self.codec.intercept(iface, direction, msg)
+                i = proto[iface]
+                by_index[(i.index, i.message(direction, msg).opcode)] = handler
 
     # -- local -> link -----------------------------------------------------
     def _read_local(self) -> None:
@@ -119,8 +123,8 @@ class Channel:
             return
         self.queue_data(data)
 
-    def _local_message(self, iface: Interface, msg: Message, obj: int, data: memoryview, fds: list) -> None:
-        self.handlers[self.local_dir][(iface.name, msg.name)](obj, data, fds)
+    def _local_message(self, rec: Record, data: memoryview, fds: list) -> None:
+        self._by_index[self.local_dir][(rec.iface, rec.opcode)](rec.obj, data, fds)
 
     def local_error(self, rec: Record, text: str) -> None:
         raise NotImplementedError
@@ -235,8 +239,8 @@ class Channel:
             self.kinds.popleft()
         self.local.write(data, fds)
 
-    def _remote_message(self, iface: Interface, msg: Message, obj: int, data: memoryview, fds: list) -> None:
-        self.handlers[self.remote_dir][(iface.name, msg.name)](obj, data, fds)
+    def _remote_message(self, rec: Record, data: memoryview, fds: list) -> None:
+        self._by_index[self.remote_dir][(rec.iface, rec.opcode)](rec.obj, data, fds)
 
     def remote_error(self, rec: Record, text: str) -> None:
         raise NotImplementedError

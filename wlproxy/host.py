@@ -372,10 +372,11 @@ class HostChannel(Channel):
             self.remote_fd(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), ("refused", size))
             return
         try:
-            pool = HostPool(key, size, f"wlproxy-{self.owner.vm}")
+            pool = HostPool(key, size, f"wlproxy-{self.owner.vm}", self.ch)
         except OSError as e:
             raise link.LinkError(f"cannot create a pool of {size} bytes: {e.strerror}") from None
         self.pools[key] = pool
+        self.owner.pool_add(pool)
         self._account(size)
         self.remote_fd(pool.dup_fd(), ("shm", pool))
 
@@ -445,6 +446,7 @@ class HostChannel(Channel):
                 raise link.LinkError(f"{self.name}: SHM_FORGET for pool {key} still in use by wl_shm_pool@{oid}")
         del self.pools[key]  # only now: a refused SHM_FORGET leaves the pool to release()
         self._account(-pool.size)
+        self.owner.pool_remove(pool)
         pool.close()
 
 
@@ -497,6 +499,7 @@ class HostChannel(Channel):
         self.objects = 0
         for pool in self.pools.values():
             self._account(-pool.size)
+            self.owner.pool_remove(pool)
             pool.close()
         self.pools.clear()
         self.pool_objs.clear()

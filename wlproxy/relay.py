@@ -12,10 +12,9 @@ from typing import Callable
 
 from wlproxy import wire
 from wlproxy.codec import ERROR, MSG, Codec, Record, default_tables
-from wlproxy.protocol import Interface, Message
 
 Forward = Callable[[memoryview, list], None]
-OnMessage = Callable[[Interface, Message, int, memoryview, list], None]
+OnMessage = Callable[[Record, memoryview, list], None]  # an intercepted message: its record, bytes, fds
 OnError = Callable[[Record, str], None]
 
 
@@ -38,8 +37,7 @@ def dispatch(codec: Codec, direction: int, src, recs: list[Record], used: int, f
         fds = src.take_fds(r.nfds) if r.nfds else []
         data = view[r.start:r.start + r.length]
         if kind == MSG:
-            iface, msg = codec.tables.message(r.iface, direction, r.opcode)
-            message(iface, msg, r.obj, data, fds)
+            message(r, data, fds)
         else:
             forward(data, fds)
     src.consume(used)

@@ -23,6 +23,7 @@ log = logging.getLogger("wlproxy.session")
 DEFAULT_WINDOW = 1 << 18
 SCAN_SLOTS = 64     # channels the C link scan knows (by id modulo this); the others go through Python
 SCAN_RECORDS = 256
+SCAN_POOLS = 256    # pools the C link scan writes SHM_DATA to; more go through Python
 
 
 class LinkSession:
@@ -51,6 +52,10 @@ class LinkSession:
         self._scan_recs = ffi.new("struct wlc_rec[]", SCAN_RECORDS)
         self._scan_recs_buf = memoryview(ffi.buffer(self._scan_recs))
         self._corked: list = []  # local sockets held until the end of this loop turn
+        self._pools_c = ffi.new("struct fp_pool *[]", SCAN_POOLS)  # pools the scan writes SHM_DATA to
+        self._pools: list = []
+        self._scan_state.pools = self._pools_c
+        self._scan_state.max_shm = self.limits.max_shm_chunk if link.SHM_DATA in self.accept else 0
         self.reader = LinkReader(loop, fd, self.decoder, self._events, self._io_error, self.fail,
                                  resolve=self.resolve_shm, scan=self._scan)
         self.pipes = Pipes(loop, self._send_pipe, self.pipe_id_base)
@@ -149,6 +154,23 @@ class LinkSession:
             sl.codec = ffi.NULL
             self._slot_ch[k] = None
             ch.slot = None
+
+    def pool_add(self, pool) -> None:
+        """Let the C link scan write SHM_DATA for ``pool`` (a ``HostPool``) when it has room."""
+        if len(self._pools) < SCAN_POOLS:
+            self._pools_c[len(self._pools)] = pool.c
+            self._pools.append(pool)
+            self._scan_state.npools = len(self._pools)
+
+    def pool_remove(self, pool) -> None:
+        if pool in self._pools:
+            i = self._pools.index(pool)
+            last = self._pools.pop()
+            if last is not pool:
+                self._pools[i] = last
+                self._pools_c[i] = last.c
+            self._pools_c[len(self._pools)] = ffi.NULL
+            self._scan_state.npools = len(self._pools)
 
     def after_input(self) -> None:
         """After each batch of link input (the host checks its backlog)."""

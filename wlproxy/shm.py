@@ -218,7 +218,7 @@ class Differ:
 class HostPool:
     """The host's mirror of one guest pool: a memfd that weston maps too."""
 
-    def __init__(self, key: int, size: int, name: str = "wlproxy-shm"):
+    def __init__(self, key: int, size: int, name: str = "wlproxy-shm", channel: int = 0):
         self.key = key
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:
@@ -229,11 +229,29 @@ class HostPool:
             raise
         self.size = size
         self.view = memoryview(self.mm) if self.mm is not None else None
+        self.c = ffi.new("struct fp_pool *")  # where the C link scan writes SHM_DATA
+        self.c.ch, self.c.key = channel, key
+        self._cmap = None
+        self._update_c()
+
+    def _update_c(self) -> None:
+        if self._cmap is not None:
+            ffi.release(self._cmap)
+            self._cmap = None
+        if self.mm is not None:
+            self._cmap = ffi.from_buffer(self.mm)
+            self.c.base, self.c.size = self._cmap, self.size
+        else:
+            self.c.base, self.c.size = ffi.NULL, 0
 
     def resize(self, size: int) -> None:
         if size <= self.size:
             return
         os.ftruncate(self.fd, size)
+        self.c.base, self.c.size = ffi.NULL, 0
+        if self._cmap is not None:
+            ffi.release(self._cmap)
+            self._cmap = None
         if self.view is not None:
             self.view.release()
         if self.mm is not None:
@@ -241,6 +259,7 @@ class HostPool:
         self.mm = mmap.mmap(self.fd, size)
         self.view = memoryview(self.mm)
         self.size = size
+        self._update_c()
 
     def region(self, offset: int, length: int) -> memoryview | None:
         if offset < 0 or length < 0 or offset + length > self.size or self.view is None:
@@ -257,6 +276,10 @@ class HostPool:
 
     def close(self) -> None:
         self.close_fd()
+        self.c.base, self.c.size = ffi.NULL, 0
+        if self._cmap is not None:
+            ffi.release(self._cmap)
+            self._cmap = None
         if self.view is not None:
             self.view.release()
             self.view = None

@@ -151,8 +151,10 @@ class _Side:
     def forward(self, data, fds) -> None:
         self.dst.write(data, fds)
 
-    def message(self, iface, msg, obj, data, fds) -> None:
-        self.s.proxy.printer.message(self.s.n, self.direction, iface, msg, obj, data, fds, self.s.codec)
+    def message(self, rec, data, fds) -> None:
+        codec = self.s.codec
+        iface, msg = codec.tables.message(rec.iface, self.direction, rec.opcode)
+        self.s.proxy.printer.message(self.s.n, self.direction, iface, msg, rec.obj, data, fds, codec)
         self.dst.write(data, fds)
 
     def error(self, rec, text) -> None:
