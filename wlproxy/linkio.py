@@ -27,6 +27,7 @@ LAZY_CREDIT = 1 << 16  # credit held back for a piggyback, at most (the window i
 READ_BUDGET = 1 << 20  # bytes read per readiness callback, at most (then other fds get a turn)
 LINK_SNDBUF = 4 << 20  # asked for; Linux doubles it (within net.core.wmem_max)
 BULK_INFLIGHT = 2 << 20  # pixels are written only while the peer has less than this left to read
+SMALL_BULK = 64 << 10  # pixel jobs up to this size skip that check (and its ioctl)
 _SHM_HEADERS = HEADER_SIZE + SHM_HEADER.size
 
 
@@ -194,7 +195,7 @@ class LinkWriter:
             q = self._queues[ch]
             item = q[0]
             plain = isinstance(item, bytes)
-            if not plain:
+            if not plain and item[1] > SMALL_BULK:  # a small update goes without asking
                 if bulk_ok is None:
                     bulk_ok = self._outq() <= BULK_INFLIGHT
                 if not bulk_ok:
