@@ -44,31 +44,6 @@ def _run_until(loop: Loop, cond, turns: int = 200) -> None:
     raise AssertionError("condition not reached")
 
 
-def test_data_frames_read_together_reach_the_client_in_one_write() -> None:
-    loop = Loop()
-    host, guest_end = socket.socketpair()
-    host.settimeout(2)
-    server = _Server(loop)
-    lk = GuestLink(server, guest_end.detach(), "test link")
-    host.sendall(link.hello_frame(1 << 18, "test host"))
-    _run_until(loop, lambda: server.ready)
-    # a seqpacket client: every write the guest half makes is one record
-    client, proxy_side = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    client.settimeout(2)
-    lk.add_client(proxy_side)
-    events = [encode(50 + i, "wl_callback", "done", i, direction=EVENT) for i in range(3)]
-    host.sendall(b"".join(link.frame(link.DATA, 1, e) for e in events))
-    _run_until(loop, lambda: _readable(client))
-    assert client.recv(4096) == b"".join(events)
-    assert not _readable(client)
-    # one frame alone goes out as it is
-    host.sendall(link.frame(link.DATA, 1, events[0]))
-    _run_until(loop, lambda: _readable(client))
-    assert client.recv(4096) == events[0]
-    lk.shutdown("test over", violation=False)
-    loop.close()
-
-
 def _linked() -> tuple[Loop, GuestLink, socket.socket]:
     loop = Loop()
     host, guest_end = socket.socketpair()
@@ -88,6 +63,22 @@ def _client(lk: GuestLink, kind: int = socket.SOCK_SEQPACKET, bufsize: int = 0) 
         proxy_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
     lk.add_client(proxy_side)
     return client
+
+
+def test_data_frames_read_together_reach_the_client_in_one_write() -> None:
+    loop, lk, host = _linked()
+    client = _client(lk)  # seqpacket: every write the guest half makes is one record
+    events = [encode(50 + i, "wl_callback", "done", i, direction=EVENT) for i in range(3)]
+    host.sendall(b"".join(link.frame(link.DATA, 1, e) for e in events))
+    _run_until(loop, lambda: _readable(client))
+    assert client.recv(4096) == b"".join(events)
+    assert not _readable(client)
+    # one frame alone goes out as it is
+    host.sendall(link.frame(link.DATA, 1, events[0]))
+    _run_until(loop, lambda: _readable(client))
+    assert client.recv(4096) == events[0]
+    lk.shutdown("test over", violation=False)
+    loop.close()
 
 
 def test_interleaved_channels_keep_each_clients_order() -> None:

@@ -57,7 +57,16 @@ def union(a: Rects | None, b: Rects | None) -> Rects | None:
     return out
 
 
-class GuestPool:
+class _Pool:
+    fd: int
+
+    def close_fd(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class GuestPool(_Pool):
     """A client's pool as the guest half sees it."""
 
     def __init__(self, key: int, fd: int, size: int):
@@ -77,11 +86,6 @@ class GuestPool:
         self.shadow[: self.size] = old_shadow[: self.size]
         old_shadow.close()
         self.size = size
-
-    def close_fd(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
     def release(self) -> None:
         self.close_fd()
@@ -215,67 +219,33 @@ class Differ:
         return Transfer(pool, spans, changed if mode != lib.SHM_DIRECT else examined, examined)
 
 
-class HostPool:
-    """The host's mirror of one guest pool: a memfd that weston maps too."""
+class HostPool(_Pool):
+    """The host's mirror of one guest pool: a memfd that weston maps too.
+    ``c`` tells the C link scan where SHM_DATA for it goes (``channel``, ``key``)."""
 
     def __init__(self, key: int, size: int, name: str = "wlproxy-shm", channel: int = 0):
         self.key = key
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        self.c = ffi.new("struct fp_pool *")
+        self.c.ch, self.c.key = channel, key
+        self.mm = self.view = self._cmap = None
         try:
             os.ftruncate(self.fd, size)
-            self.mm = mmap.mmap(self.fd, size) if size else None
+            self._map(size)
         except OSError:
             os.close(self.fd)
             raise
-        self.size = size
-        self.view = memoryview(self.mm) if self.mm is not None else None
-        self.c = ffi.new("struct fp_pool *")  # where the C link scan writes SHM_DATA
-        self.c.ch, self.c.key = channel, key
-        self._cmap = None
-        self._update_c()
 
-    def _update_c(self) -> None:
-        if self._cmap is not None:
-            ffi.release(self._cmap)
-            self._cmap = None
-        if self.mm is not None:
+    def _map(self, size: int) -> None:
+        self.size = size
+        if size:
+            self.mm = mmap.mmap(self.fd, size)
+            self.view = memoryview(self.mm)
             self._cmap = ffi.from_buffer(self.mm)
-            self.c.base, self.c.size = self._cmap, self.size
-        else:
-            self.c.base, self.c.size = ffi.NULL, 0
+            self.c.base, self.c.size = self._cmap, size
 
-    def resize(self, size: int) -> None:
-        if size <= self.size:
-            return
-        os.ftruncate(self.fd, size)
-        self.c.base, self.c.size = ffi.NULL, 0
-        if self._cmap is not None:
-            ffi.release(self._cmap)
-            self._cmap = None
-        if self.view is not None:
-            self.view.release()
-        if self.mm is not None:
-            self.mm.close()
-        self.mm = mmap.mmap(self.fd, size)
-        self.view = memoryview(self.mm)
-        self.size = size
-        self._update_c()
-
-    def region(self, offset: int, length: int) -> memoryview | None:
-        if offset < 0 or length < 0 or offset + length > self.size or self.view is None:
-            return None
-        return self.view[offset:offset + length]
-
-    def dup_fd(self) -> int:
-        return os.dup(self.fd)
-
-    def close_fd(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def close(self) -> None:
-        self.close_fd()
+    def _unmap(self) -> None:
+        """Out of the C scan's reach first, then the exports, then the mapping."""
         self.c.base, self.c.size = ffi.NULL, 0
         if self._cmap is not None:
             ffi.release(self._cmap)
@@ -286,3 +256,22 @@ class HostPool:
         if self.mm is not None:
             self.mm.close()
             self.mm = None
+
+    def resize(self, size: int) -> None:
+        if size <= self.size:
+            return
+        os.ftruncate(self.fd, size)
+        self._unmap()
+        self._map(size)
+
+    def region(self, offset: int, length: int) -> memoryview | None:
+        if offset < 0 or length < 0 or offset + length > self.size or self.view is None:
+            return None
+        return self.view[offset:offset + length]
+
+    def dup_fd(self) -> int:
+        return os.dup(self.fd)
+
+    def close(self) -> None:
+        self.close_fd()
+        self._unmap()
