@@ -86,8 +86,15 @@ def targets(record: dict) -> list[dict]:
         if p and "overhead" in p:
             lim = p["overhead"] * wp_frac
             text = f"≤ {'1/%d of ' % round(1 / wp_frac) if wp_frac < 1 else ''}waypipe's ({lim * 1e3:.3f} ms)"
+            relays = _res(record, "roundtrip", "relays")
+            back = relays["overhead"] / 2 if relays and relays.get("overhead", 0) > 0 else None
             if floor is not None and lim < floor and floor_k:
                 text += f": below the floor itself ({floor * 1e3:.3f} ms), out of reach for a copying proxy here"
+            elif floor is not None and back is not None and lim < floor + back and floor_k:
+                # the pixels cross the link (the floor), then the sync's done comes back through
+                # the two proxy processes: half the round trip two bare relays add
+                text += (f": below the floor plus the way back through two bare relays "
+                         f"({floor * 1e3:.3f} + {back * 1e3:.3f} ms), out of reach for a two-process copying proxy here")
             checks.append((text, ov <= lim if wp_frac < 1 else ov < lim))
         out.append({"target": what, "variant": key, "measured": f"overhead {ov * 1e3:.3f} ms",
                     "checks": [f"{c} {'✓' if ok else '✗'}" for c, ok in checks],
