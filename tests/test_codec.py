@@ -598,71 +598,10 @@ def test_debug_line_format():
     assert wire.format_args(msg, [5, 1, None], lambda o: None) == "[unknown]@5, 1, nil"
 
 
-# -- validate and forward in one call (the fast path for link input) --------------
-
-def _socketpair():
-    import socket
-    a, b = socket.socketpair()
-    b.settimeout(2)
-    return a, b
-
-
-def test_feed_send_forwards_plain_messages_in_the_same_call():
-    from wlproxy.codec import NOT_SENT
-    p = started()
-    p.ok(REQUEST, req(3, "wl_compositor", "create_surface", 8))
-    a, b = _socketpair()
-    data = req(8, "wl_surface", "damage", 0, 0, 10, 10) + req(1, "wl_display", "sync", 9)
-    sent, recs, used = p.codec.feed_send(REQUEST, data, a.fileno())
-    assert sent == len(data) and sent != NOT_SENT and recs == [] and used == 0
-    assert b.recv(4096) == data
-    assert p.codec.lookup(9).iface.name == "wl_callback"  # the codec saw it all the same
-
-
-def test_feed_send_leaves_anything_python_decides_on_unsent():
-    from wlproxy.codec import NOT_SENT
-    p = started()
-    p.ok(REQUEST, req(3, "wl_compositor", "create_surface", 8))
-    p.codec.intercept("wl_surface", REQUEST, "commit")
-    twin = started()
-    twin.ok(REQUEST, req(3, "wl_compositor", "create_surface", 8))
-    twin.codec.intercept("wl_surface", REQUEST, "commit")
-    a, b = _socketpair()
-    b.setblocking(False)
-    data = b"".join(surface_traffic())
-    sent, recs, used = p.codec.feed_send(REQUEST, data, a.fileno())
-    assert sent == NOT_SENT
-    want, want_used = twin.codec.feed(REQUEST, data, len(data))
-    assert (recs, used) == (want, want_used)  # exactly what feed gives
-    with pytest.raises(BlockingIOError):
-        b.recv(4096)  # nothing went out
-    # a protocol error, and a message cut short, are not sent either
-    bad = req(8, "wl_surface", "damage", 0, 0, 1, 1) + req(77, "wl_surface", "commit")
-    sent, recs, _ = p.codec.feed_send(REQUEST, bad, a.fileno())
-    assert sent == NOT_SENT and recs[-1].kind == ERROR and recs[-1].code == INVALID_OBJECT
-    q = started()
-    part = req(1, "wl_display", "sync", 8)
-    sent, recs, used = q.codec.feed_send(REQUEST, part[:-4], a.fileno())
-    assert sent == NOT_SENT and recs == [] and used == 0
-    with pytest.raises(BlockingIOError):
-        b.recv(4096)
-
-
-def test_feed_send_reports_a_full_socket():
-    import errno
-    p = started()
-    a, b = _socketpair()
-    a.setblocking(False)
-    try:
-        while True:
-            a.send(b"\0" * 65536)
-    except BlockingIOError:
-        pass
-    sent, _, _ = p.codec.feed_send(REQUEST, req(1, "wl_display", "sync", 8), a.fileno())
-    assert sent == -errno.EAGAIN
-
+# -- read, validate and forward in one call (the fast path for local input) -------
 
 def test_read_forward_reads_validates_and_writes_the_link_frame():
+    import array
     import os
     import socket
 
@@ -687,10 +626,27 @@ def test_read_forward_reads_validates_and_writes_the_link_frame():
     recs, used = p.codec.records_after_read(REQUEST, src)
     assert [(x.kind, x.start, x.length) for x in recs] == [(PASS, 0, 12)] and used == 12
     src.consume(used)
+    # a message Python must see: the records are feed's, nothing is written to the link
+    twin = started()
+    twin.ok(REQUEST, data + req(1, "wl_display", "sync", 10))
+    traffic = req(3, "wl_compositor", "create_surface", 11) + req(11, "wl_surface", "damage", 0, 0, 4, 4) \
+        + req(11, "wl_surface", "commit")
+    for c in (p.codec, twin.codec):
+        c.intercept("wl_surface", REQUEST, "commit")
+    client.sendall(traffic)
+    r = p.codec.read_forward(REQUEST, local.fileno(), src, link_w.fileno(), 7, 4096, b"")
+    assert r.forwarded == 0
+    recs, used = p.codec.records_after_read(REQUEST, src)
+    assert (recs, used) == twin.codec.feed(REQUEST, traffic, len(traffic))
+    assert [x.kind for x in recs] == [PASS, MSG]
+    link_r.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        link_r.recv(4096)
+    link_r.setblocking(True)
+    src.consume(used)
     # an fd: never forwarded here; it is queued with the bytes
     rfd, wfd = os.pipe()
-    client.sendmsg([req(1, "wl_display", "sync", 11)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                          __import__("array").array("i", [wfd]))])
+    client.sendmsg([req(1, "wl_display", "sync", 12)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [wfd]))])
     os.close(wfd)
     r = p.codec.read_forward(REQUEST, local.fileno(), src, link_w.fileno(), 7, 4096, b"")
     assert r.forwarded == 0 and r.nfds == 1 and len(src.fds) == 1

@@ -136,6 +136,7 @@ def test_data_beyond_the_credit_window_drops_the_link() -> None:
     except OSError:
         pass
     _run_until(loop, lambda: lk.closed)
+    c.close()
     loop.close()
 
 

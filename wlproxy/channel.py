@@ -18,7 +18,7 @@ import socket
 from typing import TYPE_CHECKING, Callable
 
 from wlproxy import link
-from wlproxy.codec import NOT_SENT, Codec, Record
+from wlproxy.codec import Codec, Record
 from wlproxy.fdsock import FdSocket, StreamIn, close_fds
 from wlproxy.relay import dispatch, pump
 
@@ -79,10 +79,6 @@ class Channel:
         writes them to the link; anything else goes through the records."""
         s = self.local
         if self.closed:
-            return
-        if s.filled == len(s.rbuf):
-            # a message larger than the buffer, which the codec rejects before this
-            s.close("input buffer full")
             return
         w = self.owner.writer
         prefix = b""
@@ -182,24 +178,10 @@ class Channel:
         if self.to_credit + n > self.window:
             raise link.LinkError(f"channel {self.ch}: peer exceeded the credit window of {self.window} bytes")
         self.to_credit += n
-        rin = self.remote_in
-        if rin.filled or rin.fds or self.local.busy:
-            rin.append(payload)
-            new_fds, self.remote_new_fds = self.remote_new_fds, 0
-            used = pump(self.codec, self.remote_dir, rin, self.remote_forward, self._remote_message,
-                        self.remote_error, new_fds)
-        else:
-            # nothing waiting on either side: validate and send in one C call
-            sent, recs, used = self.codec.feed_send(self.remote_dir, payload, self.local.fd)
-            if sent != NOT_SENT:
-                self.local.sent_directly(payload, sent)
-                if not self.closed:
-                    self._maybe_credit()
-                self.sync_fast()
-                return
-            rin.append(payload)
-            used = dispatch(self.codec, self.remote_dir, rin, recs, used, self.remote_forward,
-                            self._remote_message, self.remote_error)
+        self.remote_in.append(payload)
+        new_fds, self.remote_new_fds = self.remote_new_fds, 0
+        used = pump(self.codec, self.remote_dir, self.remote_in, self.remote_forward, self._remote_message,
+                    self.remote_error, new_fds)
         if used >= 0 and not self.closed:
             self._maybe_credit()
         self.sync_fast()

@@ -18,7 +18,6 @@ from wlproxy._codec import ffi, lib
 from wlproxy.protocol import ARG_TYPES, EVENT, REQUEST, Interface, Message, Protocol, load
 
 PASS, MSG, ERROR = lib.WLC_REC_PASS, lib.WLC_REC_MSG, lib.WLC_REC_ERROR
-NOT_SENT = lib.FP_NOT_SENT
 FDS_PER_READ = 253  # what one recvmsg may carry (SCM_MAX_FD)
 SERVER_ID_START = 0xFF000000
 DEFAULT_MAX_MESSAGE = 4096
@@ -128,7 +127,6 @@ class Codec:
         self._recs_buf = memoryview(ffi.buffer(self._recs))
         self._cap = record_capacity
         self._consumed = ffi.new("uint32_t *")
-        self._nrecs = ffi.new("uint32_t *")
         self._read = ffi.new("struct fp_read *")
         self._filled = ffi.new("uint32_t *")
         self._fds = ffi.new("int32_t[]", FDS_PER_READ)
@@ -176,25 +174,6 @@ class Codec:
             if n < self._cap - 1 or (out and out[-1].kind == ERROR):
                 return out, pos
 
-    def feed_send(self, direction: int, data: bytes, fd: int) -> tuple[int, list[Record], int]:
-        """``feed`` for a connection with nothing buffered, forwarding in the same
-        C call: when ``data`` is whole messages that all pass without fds, they
-        are sent to ``fd`` (non-blocking) and the result is ``(sent, [], 0)``
-        (``sent`` may be short, or -errno).  Otherwise nothing is sent and it is
-        ``(NOT_SENT, records, consumed)`` as ``feed`` would give them."""
-        nrecs, consumed = self._nrecs, self._consumed
-        r = lib.fp_feed_send(self._conn, direction, data, len(data), fd, self._recs, self._cap, nrecs, consumed)
-        if r != NOT_SENT:
-            return r, [], 0
-        n = nrecs[0]
-        out = list(map(Record._make, REC_STRUCT.iter_unpack(self._recs_buf[:n * REC_STRUCT.size])))
-        used = consumed[0]
-        if n >= self._cap - 1 and out[-1].kind != ERROR:  # more than one batch of records
-            more, used2 = self.feed(direction, memoryview(data)[used:], len(data) - used)
-            out.extend(r._replace(start=r.start + used) for r in more)
-            used += used2
-        return NOT_SENT, out, used
-
     def read_forward(self, direction: int, fd: int, src, link_fd: int = -1, channel: int = 0, room: int = 0,
                      prefix: bytes = b""):
         """One read from ``fd`` into ``src`` (a ``StreamIn``; fds go to
@@ -223,13 +202,19 @@ class Codec:
     def records_after_read(self, direction: int, src) -> tuple[list[Record], int]:
         """The records of the last ``read_forward`` that did not forward, as ``feed`` gives them."""
         r = self._read
-        n = r.nrecs
-        out = list(map(Record._make, REC_STRUCT.iter_unpack(self._recs_buf[:n * REC_STRUCT.size])))
-        used = r.consumed
-        if n >= self._cap - 1 and out[-1].kind != ERROR:  # more than one batch of records
-            more, used2 = self.feed(direction, memoryview(src.rbuf)[used:src.filled], src.filled - used)
+        return self.records_from(direction, self._recs_buf, r.nrecs, self._cap, r.consumed,
+                                 memoryview(src.rbuf)[:src.filled])
+
+    def records_from(self, direction: int, recs: memoryview, n: int, cap: int, used: int,
+                     data) -> tuple[list[Record], int]:
+        """The ``n`` records a C call left in ``recs`` (an array of ``cap``) after
+        validating ``data`` with this codec, as ``feed`` gives them: when the
+        array filled up, ``feed`` goes on past the ``used`` bytes it covers."""
+        out = list(map(Record._make, REC_STRUCT.iter_unpack(recs[:n * REC_STRUCT.size])))
+        if n >= cap - 1 and out[-1].kind != ERROR:
+            more, more_used = self.feed(direction, data[used:], len(data) - used)
             out.extend(x._replace(start=x.start + used) for x in more)
-            used += used2
+            used += more_used
         return out, used
 
     def error_text(self) -> str:

@@ -107,13 +107,13 @@ class FdSocket(StreamIn):
     def _readable(self) -> None:
         if self.closed:
             return
-        if self.read_hook is not None:
-            self.read_hook()
-            return
         if self.filled == len(self.rbuf):
             # the owner could not make progress on a full buffer: a message
             # larger than the buffer, which the codec rejects before this
             self.close("input buffer full")
+            return
+        if self.read_hook is not None:
+            self.read_hook()
             return
         try:
             n, anc, flags, _ = self.sock.recvmsg_into([self.view[self.filled:]], _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
@@ -168,9 +168,13 @@ class FdSocket(StreamIn):
                         self.on_drain()
                     return
                 data = data[sent:]
-            full = True  # the socket took less than all: wait until it is writable
+            self._queue(data, fds, own_fds, wait=True)  # the socket took less than all
         else:
-            full = False
+            self._queue(data, fds, own_fds, wait=False)
+
+    def _queue(self, data, fds, own_fds: bool, *, wait: bool) -> None:
+        """Queue output (copied if it is a view); ``wait``: the socket is known
+        to be full, so the first send waits until it is writable."""
         if isinstance(data, memoryview):
             data = bytes(data)
         if not self._out and self.on_busy is not None:
@@ -178,7 +182,7 @@ class FdSocket(StreamIn):
         self._out.append([memoryview(data), list(fds), own_fds])
         self.out_bytes += len(data)
         if len(self._out) == 1 and not self.corked:
-            if full:
+            if wait:
                 self.loop.add_writer(self.fd, self._flush)
             else:
                 self._flush()
@@ -210,11 +214,7 @@ class FdSocket(StreamIn):
                 return
             sent = 0
         if sent < len(data):
-            if not self._out and self.on_busy is not None:
-                self.on_busy()
-            self._out.append([memoryview(bytes(data[sent:])), [], True])
-            self.out_bytes += len(data) - sent
-            self.loop.add_writer(self.fd, self._flush)
+            self._queue(data[sent:], (), True, wait=True)
         elif self.on_drain is not None:
             self.on_drain()
 

@@ -289,7 +289,7 @@ class LinkReader:
                  on_events: Callable[[list], None], on_error: Callable[[str], None],
                  on_violation: Callable[[str], None],
                  resolve: Callable[[int, int, int, int], memoryview | None] | None = None,
-                 bufsize: int = 1 << 18, scan: Callable[[memoryview, int], int] | None = None):
+                 bufsize: int = 1 << 18, scan: Callable[[int], int] | None = None):
         self.loop = loop
         self.fd = fd
         self.decoder = decoder
@@ -297,7 +297,7 @@ class LinkReader:
         self.on_error = on_error
         self.on_violation = on_violation
         self.resolve = resolve
-        self.scan = scan  # takes the frames it can handle at the start of fresh input; returns their bytes
+        self.scan = scan  # scan(n): takes the frames it can handle at the start of view[:n]; returns their bytes
         self.buf = bytearray(bufsize)
         self.view = memoryview(self.buf)
         self.closed = False
@@ -323,7 +323,7 @@ class LinkReader:
                 return
             got += n
             if fresh and self.scan is not None and self.decoder.idle():
-                k = self.scan(self.view, fresh)
+                k = self.scan(fresh)
                 if self.closed:
                     return
                 fresh_view = self.view[k:fresh]

@@ -12,7 +12,6 @@ import os
 
 from wlproxy import link
 from wlproxy._codec import ffi, lib
-from wlproxy.codec import REC_STRUCT, ERROR, Record
 from wlproxy.linkio import LinkReader, LinkWriter
 from wlproxy.logs import audit
 from wlproxy.loop import Loop
@@ -24,6 +23,8 @@ DEFAULT_WINDOW = 1 << 18
 SCAN_SLOTS = 64     # channels the C link scan knows (by id modulo this); the others go through Python
 SCAN_RECORDS = 256
 SCAN_POOLS = 256    # pools the C link scan writes SHM_DATA to; more go through Python
+# the C scan knows these frame types by number
+assert (lib.FP_LINK_DATA, lib.FP_LINK_CREDIT, lib.FP_LINK_SHM_DATA) == (link.DATA, link.CREDIT, link.SHM_DATA)
 
 
 class LinkSession:
@@ -58,18 +59,20 @@ class LinkSession:
         self._scan_state.max_shm = self.limits.max_shm_chunk if link.SHM_DATA in self.accept else 0
         self.reader = LinkReader(loop, fd, self.decoder, self._events, self._io_error, self.fail,
                                  resolve=self.resolve_shm, scan=self._scan)
+        self._link_cbuf = ffi.from_buffer(self.reader.buf)
         self.pipes = Pipes(loop, self._send_pipe, self.pipe_id_base)
         self.writer.send_urgent(link.hello_frame(window, f"wlproxy {self.side}"))
 
     # -- input ---------------------------------------------------------------
-    def _scan(self, view: memoryview, n: int) -> int:
-        """Let C take the DATA and CREDIT frames at the start of ``view[:n]``;
-        apply their results; returns the bytes taken."""
+    def _scan(self, n: int) -> int:
+        """Let C take the DATA, CREDIT (and on the host SHM_DATA) frames at the
+        start of the reader's ``view[:n]``; apply their results; returns the
+        bytes taken."""
         st = self._scan_state
-        used = lib.fp_link_scan(self._slots, SCAN_SLOTS, ffi.from_buffer(view), n, st, self._scan_recs,
-                                SCAN_RECORDS)
+        used = lib.fp_link_scan(self._slots, SCAN_SLOTS, self._link_cbuf, n, st, self._scan_recs, SCAN_RECORDS)
         if not st.ntouched:
             return used
+        view = self.reader.view
         chans = self._slot_ch
         touched = [chans[k] for k in st.touched[0:st.ntouched]]
         try:
@@ -81,32 +84,23 @@ class LinkSession:
                 if credit and not ch.closed:
                     ch.credit(credit)
             stop = st.stop
-            if st.run_n:  # a run of plain DATA not (all) sent
-                ch = chans[st.run_slot]
+            if st.run_n and not chans[st.run_slot].closed:  # a run of plain DATA not (all) sent
+                local = chans[st.run_slot].local
                 run = b"".join(view[off:off + size]
                                for off, size in zip(st.run_off[0:st.run_n], st.run_len[0:st.run_n]))
-                if ch.closed:
-                    pass
-                elif stop == lib.FP_STOP_SHORT:
-                    ch.local.sent_directly(run, st.sent)
+                if stop == lib.FP_STOP_SHORT:
+                    local.sent_directly(run, st.sent)
                 else:
                     # Python goes on with this read: what it adds for the channel leaves with the run
-                    self._cork_until_turn_ends(ch.local)
-                    ch.local.write(run)
-            if stop == lib.FP_STOP_RECORDS:
+                    self._cork_until_turn_ends(local)
+                    local.write(run)
+            if stop == lib.FP_STOP_RECORDS and not chans[st.slot].closed:
                 ch = chans[st.slot]
-                if not ch.closed:
-                    payload = view[st.off:st.off + st.len]
-                    k = st.nrecs
-                    recs = list(map(Record._make,
-                                    REC_STRUCT.iter_unpack(self._scan_recs_buf[:k * REC_STRUCT.size])))
-                    rec_used = st.consumed
-                    if k >= SCAN_RECORDS - 1 and recs[-1].kind != ERROR:  # more than one batch
-                        more, more_used = ch.codec.feed(ch.remote_dir, payload[rec_used:], st.len - rec_used)
-                        recs.extend(r._replace(start=r.start + rec_used) for r in more)
-                        rec_used += more_used
-                    self._cork_until_turn_ends(ch.local)
-                    ch.remote_fed(payload, recs, rec_used)
+                payload = view[st.off:st.off + st.len]
+                recs, rec_used = ch.codec.records_from(ch.remote_dir, self._scan_recs_buf, st.nrecs, SCAN_RECORDS,
+                                                       st.consumed, payload)
+                self._cork_until_turn_ends(ch.local)
+                ch.remote_fed(payload, recs, rec_used)
             for ch in touched:
                 if not ch.closed:
                     ch._maybe_credit()
@@ -119,6 +113,7 @@ class LinkSession:
         return used
 
     def _cork_until_turn_ends(self, s) -> None:
+        """Hold ``s``'s output until the end of this loop turn (one write for it all)."""
         if not s.corked and not s.closed:
             s.cork()
             if not self._corked:
@@ -176,34 +171,25 @@ class LinkSession:
         """After each batch of link input (the host checks its backlog)."""
 
     def _events(self, events: list) -> None:
-        self._events_batch(events)
-        self.after_input()
-
-    def _events_batch(self, events: list) -> None:
-        corked: list = []  # local sockets holding this batch's output, to send it at once
         batch = len(events) > 1
-        try:
-            for ev in events:
-                if self.closed:
-                    return
-                try:
-                    if type(ev) is link.ShmChunk:
-                        self.shm_chunk(ev)
-                    elif ev.type == link.DATA:  # the common case first
-                        ch = self.channel_for(ev)
-                        if ch is not None:
-                            if batch and not ch.local.corked:
-                                ch.local.cork()
-                                corked.append(ch.local)
-                            ch.remote_data(ev.payload)
-                    else:
-                        self._frame(ev)
-                except link.LinkError as e:
-                    self.fail(str(e))
-                    return
-        finally:
-            for s in corked:
-                s.uncork()
+        for ev in events:
+            if self.closed:
+                return
+            try:
+                if type(ev) is link.ShmChunk:
+                    self.shm_chunk(ev)
+                elif ev.type == link.DATA:  # the common case first
+                    ch = self.channel_for(ev)
+                    if ch is not None:
+                        if batch:  # what this batch brings the client leaves in one write
+                            self._cork_until_turn_ends(ch.local)
+                        ch.remote_data(ev.payload)
+                else:
+                    self._frame(ev)
+            except link.LinkError as e:
+                self.fail(str(e))
+                return
+        self.after_input()
 
     def _frame(self, f: link.Frame) -> None:
         t = f.type
