@@ -61,7 +61,9 @@ def svc_pid(service: Path) -> int | None:
 
 
 def _supervised(service: Path) -> bool:
-    return subprocess.run(["s6-svok", str(service)]).returncode == 0
+    """s6-supervise runs in ``service`` and has written its status (s6-svstat fails until then)."""
+    return (subprocess.run(["s6-svok", str(service)]).returncode == 0
+            and subprocess.run(["s6-svstat", str(service)], capture_output=True).returncode == 0)
 
 
 @pytest.fixture(params=["stand-in", "real"])
