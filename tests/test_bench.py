@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("pywayland")
 pytest.importorskip("numpy")
 
+from wlproxy.bench.placement import Placement  # noqa: E402
 from wlproxy.weston import weston_available  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +60,14 @@ def test_bench_quick(tmp_path: Path) -> None:
                 assert set(rss) == {"vm", "host"} and all(x > 1 << 20 for x in rss.values()), where
             if cfg in ("wlproxy", "waypipe", "relays"):
                 assert "overhead" in s and "x_floor" in s, where
+    placement = Placement.split()
+    if placement is not None:  # each side's processes ran on that side's CPUs only
+        assert record["placement"] == placement.describe()
+        assert set(record["affinity"]["compositor"]) == placement.host
+        for cfg in configs:
+            got = record["affinity"][cfg]
+            assert set(got) == ({"vm"} if cfg == "direct" else {"vm", "host"}), cfg
+            assert set(got["vm"]) == placement.vm and set(got.get("host", placement.host)) == placement.host, cfg
     names = {t["target"].split(",")[0] for t in record["targets"]}
     assert {"roundtrip", "clients"} <= names
     left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _cmdline_has(pid, record["work_dir"])]

@@ -4,7 +4,10 @@ keep the link's framing and each channel's order."""
 from __future__ import annotations
 
 import errno
+import os
 import socket
+
+import pytest
 
 from wlproxy import link
 from wlproxy.linkio import LinkWriter
@@ -49,4 +52,50 @@ def test_held_credits_go_first_and_a_short_direct_write_is_finished_in_order() -
     assert rest == (prefix + header + data)[5:]
     w.sent_directly(b"", header, data, -errno.EPIPE)
     assert w.closed and errors and "link write failed" in errors[0]
+    loop.close()
+
+
+def test_a_large_frame_leaves_in_slices_so_other_channels_get_in_between() -> None:
+    """A frame of pixels bigger than FLUSH_SLICE does not leave in one go: the
+    loop gets a turn after each slice, and a small frame of another channel
+    queued meanwhile reaches the peer before the rest of the pixels."""
+    from wlproxy import linkio
+
+    loop, w, peer, errors = _writer()
+    chunk = 256 << 10
+    pixels = [link.frame(link.DATA, 1, bytes([i]) * chunk) for i in range(12)]  # 3 MiB, > FLUSH_SLICE
+    sndbuf = socket.socket(fileno=os.dup(w.fd))
+    room = sndbuf.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    sndbuf.close()
+    if room < 8 * len(pixels) * chunk // 3:  # Linux counts overhead: ask for well over the frame
+        loop.close()
+        pytest.skip(f"the link's send buffer is {room} bytes here (net.core.wmem_max): the whole frame "
+                    "would not fit, so the kernel, not the writer, would cut it")
+
+    def job():
+        for f in pixels:
+            yield [f]
+
+    w.send_bulk(1, job(), sum(len(f) for f in pixels))
+    loop.run_once(0)  # the end of the turn: the first slice goes out
+    got = b""
+    peer.settimeout(0.2)
+    while len(got) < linkio.FLUSH_SLICE:
+        got += peer.recv(1 << 20)
+    assert len(got) < len(b"".join(pixels))  # not all of it in one turn
+    small = link.frame(link.DATA, 2, b"interactive")
+    w.send(2, small)
+    while True:
+        loop.run_once(0)
+        try:
+            more = peer.recv(1 << 20)
+        except (BlockingIOError, socket.timeout):
+            if w.idle:
+                break
+            continue
+        got += more
+    stream = b"".join(pixels)
+    assert small in got and got.replace(small, b"") == stream  # framing intact, pixels in order
+    assert got.index(small) < len(stream) - chunk  # ahead of the rest of the pixels
+    assert not errors
     loop.close()

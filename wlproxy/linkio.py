@@ -28,6 +28,7 @@ READ_BUDGET = 1 << 20  # bytes read per readiness callback, at most (then other 
 LINK_SNDBUF = 4 << 20  # asked for; Linux doubles it (within net.core.wmem_max)
 BULK_INFLIGHT = 2 << 20  # pixels are written only while the peer has less than this left to read
 SMALL_BULK = 64 << 10  # pixel jobs up to this size skip that check (and its ioctl)
+FLUSH_SLICE = 1 << 20  # bytes written per turn of the loop, at most (then the other fds get a turn)
 _SHM_HEADERS = HEADER_SIZE + SHM_HEADER.size
 
 
@@ -228,7 +229,15 @@ class LinkWriter:
         return bufs, total
 
     def _flush(self) -> None:
+        written = 0
         while not self.closed:
+            if written >= FLUSH_SLICE:
+                # a large frame is going out: let the loop read what came meanwhile (another
+                # client's request joins the next gather instead of waiting for the whole frame)
+                if not self._soon:
+                    self._soon = True
+                    self.loop.call_soon(self._soon_flush)
+                return
             bufs, total = self._gather()
             if not bufs:
                 if self._held_bulk:
@@ -245,6 +254,7 @@ class LinkWriter:
                 self.closed = True
                 self.on_error(f"link write failed: {e.strerror}")
                 return
+            written += n
             if n == total:
                 self._inflight = []
                 continue

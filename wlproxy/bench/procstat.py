@@ -76,3 +76,19 @@ def peak_rss_bytes(pids: Iterable[int]) -> int:
         except (OSError, ValueError):
             pass
     return total
+
+
+def affinity(pids: Iterable[int]) -> set[int]:
+    """The CPUs any thread of ``pids`` may run on."""
+    out: set[int] = set()
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                out |= os.sched_getaffinity(int(tid))
+            except OSError:
+                pass
+    return out

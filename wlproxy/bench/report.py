@@ -176,6 +176,7 @@ def table(record: dict) -> str:
                 if "before" in load and "after" in load else "")
     lines[0:0] = [f"wlproxy bench: {m['cpu']} ({m['cpus']} CPUs), kernel {m['kernel']}; {record['compositor']}; "
                   f"{ver.get('weston', '')}; waypipe {ver.get('waypipe', '')}; {record['duration_s']} s{load_txt}",
+                  "placement: " + record.get("placement", "none (the scheduler's)"),
                   "latencies in ms: sync = commit→wl_display.sync done, pres = commit→wp_presentation presented; "
                   "fps = 1/mean(sync) (clients: the stream's real rate); CPU and peak RSS per proxy side (vm+host)",
                   ""]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from wlproxy.bench import procstat
+from wlproxy.bench.placement import Placement
 from wlproxy.cli import UserError
 
 CONFIGS = ("direct", "wlproxy", "waypipe", "floor", "relays")
@@ -108,6 +109,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the JSON, PNG and table go (default: %(default)s)")
     p.add_argument("--name", help="file name stem of the outputs (default: bench, or quick with --quick)")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--no-placement", action="store_true",
+                   help="let the scheduler place every process (default: the client and the appvm-side "
+                   "process on the first half of the CPUs, the compositor and the host-side process on "
+                   "the second, as in a deployment; see bench/README.md)")
 
 
 # -- processes -------------------------------------------------------------------
@@ -160,7 +165,21 @@ class Config:
         n = len(self.clients)
         c = ClientProcess(self.client_argv(), self.client_env(), stderr_path=self.work / f"client-{n}.log")
         self.clients.append(c)
+        self.place()
         return c
+
+    def place(self) -> None:
+        """The client and the proxy processes onto their side's CPUs (with placement on)."""
+        pl = self.bench.placement
+        if pl is None:
+            return
+        sides = self.sides()
+        sides["vm"] = sides.get("vm", []) + [p for c in self.clients if c.proc.poll() is None
+                                             for p in procstat.tree(c.proc.pid)]
+        seen = self.bench.affinity.setdefault(self.name, {})
+        for side, pids in sides.items():
+            pl.pin(side, pids)
+            seen[side] = sorted(set(seen.get(side, [])) | procstat.affinity(pids))
 
     def sides(self) -> dict[str, list[int]]:
         """Proxy processes, by side: 'vm' (the client's side) and 'host' (the compositor's)."""
@@ -374,10 +393,13 @@ class Progress:
 
 
 class Bench:
-    def __init__(self, compositor_env: dict[str, str], configs: list[str], plan: Plan, work: Path):
+    def __init__(self, compositor_env: dict[str, str], configs: list[str], plan: Plan, work: Path,
+                 placement: Placement | None = None):
         self.compositor_env = compositor_env
         self.plan = plan
         self.work = work
+        self.placement = placement
+        self.affinity: dict[str, dict[str, list[int]]] = {}  # config -> side -> CPUs its processes got
         self.configs: dict[str, Config] = {}
         self.results: dict[str, dict[str, dict]] = {}
         try:
@@ -385,6 +407,7 @@ class Bench:
                 cfg = CONFIG_CLASSES[name](self)
                 cfg.start()
                 self.configs[name] = cfg
+                cfg.place()
         except BaseException:
             self.stop()
             raise
@@ -701,6 +724,8 @@ def run(args: argparse.Namespace) -> int:
     load_before = os.getloadavg()[0]
 
     weston = None
+    placement = None if args.no_placement else Placement.split()
+    compositor_cpus: list[int] = []
     with tempfile.TemporaryDirectory(prefix="wlproxy-bench-") as tmp:
         if args.display:
             env = dict(os.environ)
@@ -716,11 +741,14 @@ def run(args: argparse.Namespace) -> int:
             if reason:
                 raise UserError(reason)
             weston = Weston(*OUTPUT, debug=False, log_path=Path(tmp) / "weston.log").start()
+            if placement is not None:
+                placement.pin("host", procstat.tree(weston.proc.pid))
+                compositor_cpus = sorted(procstat.affinity(procstat.tree(weston.proc.pid)))
             env = weston.env()
             compositor = f"weston headless (pixman) {OUTPUT[0]}x{OUTPUT[1]}"
         bench = None
         try:
-            bench = Bench(env, configs, plan, Path(tmp))
+            bench = Bench(env, configs, plan, Path(tmp), placement)
             progress = Progress(bench.steps(vs))
             try:
                 bench.run(vs, progress)
@@ -738,6 +766,8 @@ def run(args: argparse.Namespace) -> int:
         "machine": machine_info(),
         "versions": versions(),
         "compositor": compositor,
+        "placement": placement.describe() if placement is not None else "none (the scheduler's)",
+        "affinity": {"compositor": compositor_cpus, **(bench.affinity if bench else {})},
         "quick": bool(args.quick),
         "plan": asdict(plan),
         "configs": configs,
