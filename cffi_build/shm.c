@@ -1,5 +1,7 @@
 /* Damage-rect copying and shadow diffing for mirrored wl_shm pools; see shm.h. */
+#define _GNU_SOURCE
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -309,6 +311,14 @@ static void *par_main(void *arg)
     return NULL;
 }
 
+/* May this thread run on more than one CPU?  (Pinned to one, the worker would
+ * only take turns with it.)  Asked per large pass: the affinity can change. */
+static int two_cpus(void)
+{
+    cpu_set_t set;
+    return sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) > 1;
+}
+
 static int par_ready(void)
 {
     if (par_state == 0) {
@@ -332,7 +342,7 @@ uint32_t shm_commit_par(const uint8_t *pool, uint8_t *shadow, const struct shm_s
     uint64_t total = 0;
     for (uint32_t i = 0; i < nrows; i++)
         total += rows[i].len;
-    if (mode == SHM_DIRECT || total < PAR_MIN || nrows >= PAR_ROWS || out_cap < 8 || !par_ready())
+    if (mode == SHM_DIRECT || total < PAR_MIN || nrows >= PAR_ROWS || out_cap < 8 || !two_cpus() || !par_ready())
         return shm_commit(pool, shadow, rows, nrows, mode, merge_gap, out, out_cap, stats);
     /* the split: the first 4 KiB boundary past half the bytes */
     uint64_t half = total / 2, acc = 0;
