@@ -8,7 +8,18 @@
 #include <unistd.h>
 
 #include "wlcodec.h"
+#include "shm.h"
+#include "surface.h"
 #include "fastpath.h"
+
+static void frame_header(uint8_t *h, uint32_t len, uint16_t type, uint32_t channel)
+{
+    uint16_t flags = 0;
+    memcpy(h, &len, 4); /* little-endian hosts only, as the rest of the link code */
+    memcpy(h + 4, &type, 2);
+    memcpy(h + 6, &flags, 2);
+    memcpy(h + 8, &channel, 4);
+}
 
 /* Read once from `fd` into buf[*filled, cap) (fds into `fds`), validate
  * everything buffered with the codec, and when that is one run of messages
@@ -31,6 +42,8 @@ void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t
     m.msg_control = ctl.space;
     m.msg_controllen = sizeof ctl.space;
     r->nfds = r->truncated = r->nrecs = r->consumed = r->forwarded = 0;
+    r->applied = r->split = r->nspans = 0;
+    r->pool = NULL;
     r->written = 0;
     ssize_t n;
     do
@@ -66,19 +79,56 @@ void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t
     uint32_t k = wlc_feed(c, dir, buf, *filled, r->nfds, out, out_cap, &used);
     r->nrecs = k;
     r->consumed = used;
-    if (r->link_fd < 0 || r->nfds || k != 1 || out[0].kind != WLC_REC_PASS || out[0].nfds || used > r->room)
+    if (r->nfds)
         return;
-    uint8_t hdr[12];
-    uint32_t len = used;
-    uint16_t type = FP_LINK_DATA, flags = 0;
-    memcpy(hdr, &len, 4); /* little-endian hosts only, as the rest of the link code */
-    memcpy(hdr + 4, &type, 2);
-    memcpy(hdr + 6, &flags, 2);
-    memcpy(hdr + 8, &r->channel, 4);
-    struct iovec w[3] = {{(void *)r->prefix, r->prefix_len}, {hdr, sizeof hdr}, {buf, used}};
+    int plain = k == 1 && out[0].kind == WLC_REC_PASS && !out[0].nfds;
+    if (!plain) {
+        /* a frame's wl_surface requests: applied here, with nothing else intercepted among them */
+        if (!r->sf || k == 0 || k >= out_cap - 1 ||
+            !sf_apply(r->sf, buf, out, k, &r->split, &r->nspans, &r->pool))
+            return;
+        r->applied = 1;
+        r->nrecs = 0;
+    }
+    if (r->link_fd < 0 || used > r->room || r->nspans > FP_SMALL_SPANS)
+        return;
+    const struct shm_span *spans = r->nspans ? sf_spans(r->sf) : NULL;
+    uint64_t pixels = 0;
+    for (uint32_t i = 0; i < r->nspans; i++)
+        pixels += spans[i].len;
+    if (pixels > FP_SMALL_PIXELS)
+        return;
+    /* prefix, DATA (messages before the commit), SHM_DATA per span, DATA (the rest) */
+    struct iovec w[4 + 2 * FP_SMALL_SPANS + 2];
+    uint8_t hdr[2][12], shm[FP_SMALL_SPANS][28];
+    uint32_t nw = 0, before = r->nspans ? r->split : used;
+    if (r->prefix_len)
+        w[nw++] = (struct iovec){(void *)r->prefix, r->prefix_len};
+    if (before) {
+        frame_header(hdr[0], before, FP_LINK_DATA, r->channel);
+        w[nw++] = (struct iovec){hdr[0], 12};
+        w[nw++] = (struct iovec){buf, before};
+    }
+    for (uint32_t i = 0; i < r->nspans; i++) {
+        uint32_t zero = 0;
+        frame_header(shm[i], 16 + spans[i].len, FP_LINK_SHM_DATA, r->channel);
+        memcpy(shm[i] + 12, &r->pool->key, 4);
+        memcpy(shm[i] + 16, &zero, 4);
+        memcpy(shm[i] + 20, &spans[i].offset, 8);
+        w[nw++] = (struct iovec){shm[i], 28};
+        w[nw++] = (struct iovec){(void *)(r->pool->mm + spans[i].offset), spans[i].len};
+    }
+    if (used > before) {
+        frame_header(hdr[1], used - before, FP_LINK_DATA, r->channel);
+        w[nw++] = (struct iovec){hdr[1], 12};
+        w[nw++] = (struct iovec){buf + before, used - before};
+    }
+    r->total = 0;
+    for (uint32_t i = 0; i < nw; i++)
+        r->total += w[i].iov_len;
     ssize_t s;
     do
-        s = writev(r->link_fd, r->prefix_len ? w : w + 1, r->prefix_len ? 3 : 2);
+        s = writev(r->link_fd, w, (int)nw);
     while (s < 0 && errno == EINTR);
     r->written = s < 0 ? -(int64_t)errno : (int64_t)s;
     r->forwarded = used; /* the caller queues what writev did not take, then drops them from buf */

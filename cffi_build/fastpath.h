@@ -9,6 +9,7 @@ struct fp_read {
     uint32_t room;          /* DATA bytes the link may carry for this channel now */
     uint32_t prefix_len;
     const uint8_t *prefix;  /* link frames that go first (credits held back) */
+    struct sf_state *sf;    /* guest: apply wl_surface requests here (sf_apply); NULL: none */
     /* out */
     int32_t nread;          /* bytes read; 0 at end of stream; -errno */
     uint32_t nfds;          /* fds received, in fds[] */
@@ -17,7 +18,14 @@ struct fp_read {
     uint32_t consumed;      /* bytes the records cover */
     uint32_t forwarded;     /* message bytes forwarded (0: not forwarded) */
     int64_t written;        /* what writev took of prefix + header + messages, or -errno */
+    uint64_t total;         /* what it was given */
+    uint32_t applied;       /* sf_apply took the records: the commit starts at `split`, its pixels */
+    uint32_t split;         /* are sf_spans()[0:nspans] of `pool` (forwarded: they went in the */
+    uint32_t nspans;        /* writev, as SHM_DATA frames between a DATA frame of the messages */
+    struct sf_pool *pool;   /* before the commit and one from the commit on) */
 };
+#define FP_SMALL_PIXELS 65536 /* pixels up to this size go in that writev */
+#define FP_SMALL_SPANS 128
 void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t cap, uint32_t *filled,
                      int32_t *fds, uint32_t fds_cap, struct fp_read *r, struct wlc_rec *out, uint32_t out_cap);
 #define FP_LINK_DATA 5

@@ -1,5 +1,4 @@
 /* Damage-rect copying and shadow diffing for mirrored wl_shm pools; see shm.h. */
-#define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>

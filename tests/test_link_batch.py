@@ -14,7 +14,6 @@ from wlproxy import link
 from wlproxy.guest import GuestLink
 from wlproxy.loop import Loop
 from wlproxy.protocol import EVENT
-from wlproxy.shm import Differ
 
 
 class _Server:
@@ -22,7 +21,7 @@ class _Server:
 
     def __init__(self, loop: Loop):
         self.loop = loop
-        self.differ = Differ()
+        self.diff = True
         self.ready: list = []
         self.endpoint = None
 

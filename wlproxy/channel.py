@@ -75,8 +75,9 @@ class Channel:
     # -- local -> link -----------------------------------------------------
     def _read_local(self) -> None:
         """The local socket is readable: one C call reads, validates and, in the
-        common case (one run of plain messages, nothing queued before it),
-        writes them to the link; anything else goes through the records."""
+        common case (one run of plain messages, or a frame's wl_surface requests
+        with small pixels, nothing queued before it), writes them to the link;
+        anything else goes through the records."""
         s = self.local
         if self.closed:
             return
@@ -85,9 +86,9 @@ class Channel:
         if not self.pending and w.direct_ok(self.ch):
             prefix = w.held()
             room = max(0, min(self.peer_window - self.unacked, link.Limits.max_data))
-            r = self.codec.read_forward(self.local_dir, s.fd, s, w.fd, self.ch, room, prefix)
+            r = self.codec.read_forward(self.local_dir, s.fd, s, w.fd, self.ch, room, prefix, self.sf)
         else:
-            r = self.codec.read_forward(self.local_dir, s.fd, s)
+            r = self.codec.read_forward(self.local_dir, s.fd, s, sf=self.sf)
         n = r.nread
         if n < 0:
             if -n not in (errno.EAGAIN, errno.EINTR):
@@ -102,14 +103,27 @@ class Channel:
         used = r.forwarded
         if used:
             self.unacked += used
-            w.sent_directly(prefix, link.header(link.DATA, self.ch, used), s.view[:used], r.written)
+            w.sent_directly(prefix, lambda: self._frames_of(r, used) if r.applied else
+                            [link.header(link.DATA, self.ch, used), s.view[:used]], r.written, r.total)
             s.consume(used)
+        elif r.applied:
+            self._queue_applied(r)
         else:
             recs, used = self.codec.records_after_read(self.local_dir, s)
             if dispatch(self.codec, self.local_dir, s, recs, used, self.local_forward, self._local_message,
                         self.local_error) < 0:
                 return
         self.flush()
+
+    sf = None  # the guest's surface model (C), which read_forward applies a frame's requests to
+
+    def _frames_of(self, r, used: int) -> list:
+        """The link frames a forwarded read with applied requests went out as (for a short write)."""
+        raise NotImplementedError
+
+    def _queue_applied(self, r) -> None:
+        """A read whose requests the C surface model applied, not forwarded: queue it."""
+        raise NotImplementedError
 
     def local_forward(self, data: memoryview, fds: list) -> None:
         if fds:  # every fd-carrying message is intercepted, so this is a bug

@@ -175,15 +175,20 @@ class Codec:
                 return out, pos
 
     def read_forward(self, direction: int, fd: int, src, link_fd: int = -1, channel: int = 0, room: int = 0,
-                     prefix: bytes = b""):
+                     prefix: bytes = b"", sf=None):
         """One read from ``fd`` into ``src`` (a ``StreamIn``; fds go to
         ``src.fds``), validated, and forwarded in the same C call when it is
         one run of plain messages, no more than ``room`` bytes, and ``link_fd``
         is given: ``prefix`` + a DATA frame for ``channel`` go to ``link_fd``
         with one writev.  Returns the C ``struct fp_read`` (valid until the
         next call): ``nread``, ``truncated``, ``forwarded`` and ``written``,
-        or the records for ``records_after_read``."""
+        or the records for ``records_after_read``.  With ``sf`` (the guest's
+        surface model), a frame's wl_surface requests are applied in C
+        (``applied``: the commit starts at ``split``, its pixels are
+        ``sf_spans()[:nspans]`` of ``pool``); when they are small they go in
+        the same writev, as SHM_DATA frames before the commit."""
         r = self._read
+        r.sf = sf if sf else ffi.NULL
         r.link_fd = link_fd
         r.channel = channel
         r.room = room

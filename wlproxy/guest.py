@@ -15,6 +15,7 @@ import socket
 import struct
 
 from wlproxy import bridges, link
+from wlproxy._codec import ffi
 from wlproxy.channel import Channel
 from wlproxy.cli import UserError
 from wlproxy.codec import IMPLEMENTATION, INVALID_METHOD, Record
@@ -23,7 +24,7 @@ from wlproxy.loop import Loop
 from wlproxy.protocol import REQUEST
 from wlproxy.relay import display_error
 from wlproxy.session import LinkSession
-from wlproxy.shm import FULL, GuestBuffer, GuestPool, Differ, union
+from wlproxy.shm import GuestPool, Surfaces, Transfer
 from wlproxy.transport import Endpoint, connect, parse
 from wlproxy.virtio_port import end_stale_frame
 from wlproxy.wlsocket import ListeningSocket, SocketError, activated_sockets
@@ -31,7 +32,6 @@ from wlproxy.wlsocket import ListeningSocket, SocketError, activated_sockets
 log = logging.getLogger("wlproxy.guest")
 
 SHM_CHUNK = 1 << 20
-INT32_MAX = 0x7FFFFFFF
 _U32 = struct.Struct("=I")
 _I32x4 = struct.Struct("=iiii")
 
@@ -52,20 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-diff", action="store_true", help="send damaged pixels without the shadow diff")
 
 
-class _Surface:
-    __slots__ = ("pending", "sdamage", "bdamage", "scale", "transform", "viewport", "buffer", "history")
-
-    def __init__(self) -> None:
-        self.pending: int | None = None  # buffer id attached since the last commit (0: null)
-        self.sdamage: list = []
-        self.bdamage: list = []
-        self.scale = 1
-        self.transform = 0
-        self.viewport = False
-        self.buffer = 0
-        self.history: dict[int, list | None] = {}  # buffer id -> damage it missed
-
-
 class GuestChannel(Channel):
     local_dir = REQUEST
 
@@ -73,8 +59,9 @@ class GuestChannel(Channel):
         super().__init__(owner, ch, sock, window=owner.window, peer_window=owner.peer_window,
                          name=f"client {ch}")
         self.pools: dict[int, GuestPool] = {}    # wl_shm_pool id -> pool
-        self.buffers: dict[int, GuestBuffer] = {}
-        self.surfaces: dict[int, _Surface] = {}
+        self.buffers: dict[int, GuestPool] = {}  # wl_buffer id -> its pool
+        self.surfaces = Surfaces(self.codec.tables.proto, diff=owner.server.diff)
+        self.sf = self.surfaces.c  # the read-and-forward path applies a frame's requests to it
         self.next_key = 1
         r = self.handlers[REQUEST]
         r[("wl_shm", "create_pool")] = self.create_pool
@@ -154,12 +141,14 @@ class GuestChannel(Channel):
         pool = self.pools.get(obj)
         if pool is not None:
             pool.refs += 1
-            self.buffers[bid] = GuestBuffer(pool, offset, width, height, stride, fmt)
+            self.buffers[bid] = pool
+            self.surfaces.buffer_add(bid, pool, offset, width, height, stride, fmt)
         self.queue_data(data)
 
     def _unref(self, pool: GuestPool) -> None:
         pool.refs -= 1
         if pool.refs == 0:
+            self.surfaces.pool_gone(pool)
             pool.release()
             self.queue_frame(link.u32_frame(link.SHM_FORGET, self.ch, pool.key))
 
@@ -172,104 +161,81 @@ class GuestChannel(Channel):
 
     def buffer_destroy(self, obj: int, data: memoryview, fds: list) -> None:
         self.queue_data(data)
-        buf = self.buffers.pop(obj, None)
-        if buf is not None:
-            for s in self.surfaces.values():
-                s.history.pop(obj, None)
-            self._unref(buf.pool)
+        pool = self.buffers.pop(obj, None)
+        if pool is not None:
+            self.surfaces.buffer_remove(obj)
+            self._unref(pool)
 
-    # -- surfaces ------------------------------------------------------------
+    # -- surfaces (the model is C's: surface.c) ------------------------------
     def create_surface(self, obj: int, data: memoryview, fds: list) -> None:
-        (sid,) = _U32.unpack_from(data, 8)
-        self.surfaces[sid] = _Surface()
+        self.surfaces.surface_add(_U32.unpack_from(data, 8)[0])
         self.queue_data(data)
 
     def surface_destroy(self, obj: int, data: memoryview, fds: list) -> None:
-        self.surfaces.pop(obj, None)
+        self.surfaces.surface_remove(obj)
         self.queue_data(data)
 
     def get_viewport(self, obj: int, data: memoryview, fds: list) -> None:
-        _, sid = struct.unpack_from("=II", data, 8)
-        s = self.surfaces.get(sid)
-        if s is not None:
-            s.viewport = True  # surface damage no longer maps simply onto the buffer
+        self.surfaces.set_viewport(struct.unpack_from("=II", data, 8)[1])
         self.queue_data(data)
 
     def attach(self, obj: int, data: memoryview, fds: list) -> None:
-        (bid,) = _U32.unpack_from(data, 8)
-        s = self.surfaces.get(obj)
-        if s is not None:
-            s.pending = bid
+        self.surfaces.attach(obj, _U32.unpack_from(data, 8)[0])
         self.queue_data(data)
 
     def damage(self, obj: int, data: memoryview, fds: list) -> None:
-        s = self.surfaces.get(obj)
-        if s is not None and len(s.sdamage) < 64:
-            s.sdamage.append(_I32x4.unpack_from(data, 8))
-        elif s is not None:
-            s.sdamage = [(0, 0, INT32_MAX, INT32_MAX)]
+        self.surfaces.damage(obj, False, *_I32x4.unpack_from(data, 8))
         self.queue_data(data)
 
     def damage_buffer(self, obj: int, data: memoryview, fds: list) -> None:
-        s = self.surfaces.get(obj)
-        if s is not None and len(s.bdamage) < 64:
-            s.bdamage.append(_I32x4.unpack_from(data, 8))
-        elif s is not None:
-            s.bdamage = [(0, 0, INT32_MAX, INT32_MAX)]
+        self.surfaces.damage(obj, True, *_I32x4.unpack_from(data, 8))
         self.queue_data(data)
 
     def set_scale(self, obj: int, data: memoryview, fds: list) -> None:
-        s = self.surfaces.get(obj)
-        if s is not None:
-            s.scale = max(1, struct.unpack_from("=i", data, 8)[0])
+        self.surfaces.set_scale(obj, struct.unpack_from("=i", data, 8)[0])
         self.queue_data(data)
 
     def set_transform(self, obj: int, data: memoryview, fds: list) -> None:
-        s = self.surfaces.get(obj)
-        if s is not None:
-            s.transform = struct.unpack_from("=i", data, 8)[0]
+        self.surfaces.set_transform(obj, struct.unpack_from("=i", data, 8)[0])
         self.queue_data(data)
-
-    @staticmethod
-    def _clamp(v: int) -> int:
-        return max(-INT32_MAX - 1, min(INT32_MAX, v))
-
-    def _damage_region(self, s: _Surface) -> list | None:
-        """This commit's damage in buffer pixels, conservatively."""
-        region = list(s.bdamage)
-        if s.sdamage:
-            if s.transform != 0 or s.viewport:
-                return FULL
-            k = s.scale
-            c = self._clamp
-            region += [(c(x * k), c(y * k), c(w * k), c(h * k)) for x, y, w, h in s.sdamage]
-        return region
 
     def commit(self, obj: int, data: memoryview, fds: list) -> None:
-        s = self.surfaces.get(obj)
-        if s is not None:
-            attached = s.pending is not None
-            if attached:
-                s.buffer = s.pending or 0
-            damage = self._damage_region(s)
-            s.pending, s.sdamage, s.bdamage = None, [], []
-            buf = self.buffers.get(s.buffer) if s.buffer else None
-            if buf is not None and (attached or damage):
-                missed = s.history.get(s.buffer, FULL)  # never sent: the whole buffer
-                region = union(missed, damage)
-                for other, hist in s.history.items():
-                    if other != s.buffer:
-                        s.history[other] = union(hist, damage)
-                s.history[s.buffer] = []
-                self._send_pixels(buf, region)
+        t = self.surfaces.commit(obj)
+        if t is not None:
+            self.queue_pixels(t)
         self.queue_data(data)
 
-    def _send_pixels(self, buf: GuestBuffer, region) -> None:
-        t = self.owner.differ.transfer(buf, region)
-        if not t.spans:
-            return
+    # -- a frame the C surface model applied (Channel._read_local) ------------
+    def _applied_pixels(self, r) -> Transfer | None:
+        return self.surfaces.spans(r.nspans, r.pool)
+
+    def _frames_of(self, r, used: int) -> list:
+        view = self.local.view
+        t = self._applied_pixels(r)
+        if t is None:
+            return [link.header(link.DATA, self.ch, used), view[:used]]
+        out = [link.header(link.DATA, self.ch, r.split), view[:r.split]] if r.split else []
+        mm = t.pool.mm
+        for off, n in t.spans:
+            out += [link.shm_data_header(self.ch, t.pool.key, off, n), mm[off:off + n]]
+        return out + [link.header(link.DATA, self.ch, used - r.split), view[r.split:used]]
+
+
+    def _queue_applied(self, r) -> None:
+        used = r.consumed
+        view = self.local.view
+        t = self._applied_pixels(r)
+        split = r.split if t is not None else used
+        if split:
+            self.queue_data(view[:split])
+        if t is not None:
+            self.queue_pixels(t)
+            self.queue_data(view[split:used])
+        self.local.consume(used)
+
+    def queue_pixels(self, t: Transfer) -> None:
+        """SHM_DATA frames for ``t``, read from the pool when the link can take them."""
         total = t.total
-        self.owner.stats_bytes += total
         mm = t.pool.mm
         key, ch = t.pool.key, self.ch
 
@@ -293,11 +259,12 @@ class GuestChannel(Channel):
         self.queue_data(data)
 
     def release(self) -> None:
-        for pool in set(self.pools.values()) | {b.pool for b in self.buffers.values()}:
+        self.sf = ffi.NULL
+        self.surfaces.close()
+        for pool in set(self.pools.values()) | set(self.buffers.values()):
             pool.release()
         self.pools.clear()
         self.buffers.clear()
-        self.surfaces.clear()
 
 
 HELLO_TIMEOUT = 5.0  # seconds the host half has to answer a new link with its HELLO
@@ -311,9 +278,7 @@ class GuestLink(LinkSession):
 
     def __init__(self, server: "GuestServer", fd: int, name: str):
         self.server = server
-        self.differ = server.differ
         self.next_channel = 1
-        self.stats_bytes = 0
         self._hello_timer = None
         super().__init__(server.loop, fd, name=name)
         if not self.closed:
@@ -379,13 +344,13 @@ class GuestServer:
     waits for the next one, up to ``link_wait`` seconds, before it is refused.
     """
 
-    def __init__(self, loop: Loop, listeners: list, endpoint: Endpoint, retry: float, differ: Differ,
+    def __init__(self, loop: Loop, listeners: list, endpoint: Endpoint, retry: float, diff: bool = True,
                  link_wait: float = 10.0):
         self.loop = loop
         self.listeners = listeners
         self.endpoint = endpoint
         self.retry = retry
-        self.differ = differ
+        self.diff = diff  # False: damaged pixels go without the shadow diff
         self.link_wait = link_wait
         self.link: GuestLink | None = None
         self.waiting: list[socket.socket] = []  # clients waiting for a link that has said HELLO
@@ -477,9 +442,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(str(e)) from None
         listeners = [owned]
         log.info("listening on %s", owned.path)
-    differ = Differ()
-    differ.enabled = not args.no_diff
-    server = GuestServer(loop, listeners, endpoint, args.reconnect, differ, args.link_wait)
+    server = GuestServer(loop, listeners, endpoint, args.reconnect, not args.no_diff, args.link_wait)
     loop.stop_on_signals()
     try:
         loop.run()

@@ -123,10 +123,11 @@ class LinkWriter:
         """The control frames waiting for the next write (held-back credits)."""
         return b"".join(self._urgent) if self._urgent else b""
 
-    def sent_directly(self, prefix: bytes, header: bytes, data, written: int) -> None:
-        """``prefix`` (what ``held`` gave), then ``header`` + ``data`` were
-        written to the link outside the writer (``written`` bytes of them, or
-        -errno): keep the rest as the frame in flight."""
+    def sent_directly(self, prefix: bytes, frames, written: int, total: int = -1) -> None:
+        """``prefix`` (what ``held`` gave), then the buffers of ``frames`` (a
+        list, or a function making it) were written to the link outside the
+        writer (``written`` of their ``total`` bytes, or -errno): keep the rest
+        as the frames in flight."""
         if prefix:
             self._urgent.clear()
             self.queued_bytes -= len(prefix)
@@ -137,9 +138,12 @@ class LinkWriter:
                 self.on_error(f"link write failed: {os.strerror(-written)}")
                 return
             written = 0
-        total = len(prefix) + len(header) + len(data)
-        if written < total:
-            self._inflight = [memoryview((prefix + header + bytes(data))[written:])]
+        if 0 <= total <= written:
+            return
+        if callable(frames):
+            frames = frames()
+        if written < len(prefix) + sum(len(b) for b in frames):
+            self._inflight = [memoryview(b"".join([prefix, *map(bytes, frames)])[written:])]
             self._wait()
 
     def drop_channel(self, channel: int) -> None:

@@ -7,7 +7,7 @@ was not attached, or the whole buffer the first time) becomes byte spans,
 diffed against the shadow in C so only changed bytes cross the link.  A
 buffer whose content changes wholesale skips the diff (no extra pass over
 memory) and compares only a 1/64 sample to find out when diffing pays again
-(see :class:`Differ`).
+(see :class:`Surfaces`; the model itself is ``cffi_build/surface.c``).
 
 Host side: a memfd per pool, created for weston, written from SHM_DATA.
 """
@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import mmap
 import os
-from dataclasses import dataclass, field
+import struct
+from typing import NamedTuple
 
 from wlproxy._codec import ffi, lib
-
-FULL = None  # a region covering the whole buffer
-Rects = list[tuple[int, int, int, int]]  # x, y, w, h in buffer pixels
-MAX_RECTS = 32
 
 
 def _fourcc(s: str) -> int:
@@ -44,19 +41,6 @@ for _code in ("R8  ", "C8  "):
     BYTES_PER_PIXEL[_fourcc(_code)] = 1
 
 
-def union(a: Rects | None, b: Rects | None) -> Rects | None:
-    if a is FULL or b is FULL:
-        return FULL
-    out = a + b
-    if len(out) > MAX_RECTS:  # collapse to the bounding box
-        x0 = min(r[0] for r in out)
-        y0 = min(r[1] for r in out)
-        x1 = max(r[0] + r[2] for r in out)
-        y1 = max(r[1] + r[3] for r in out)
-        out = [(x0, y0, x1 - x0, y1 - y0)]
-    return out
-
-
 class _Pool:
     fd: int
 
@@ -67,156 +51,161 @@ class _Pool:
 
 
 class GuestPool(_Pool):
-    """A client's pool as the guest half sees it."""
+    """A client's pool as the guest half sees it; ``c`` is what the C
+    surface model reads (the mapping and the shadow)."""
 
     def __init__(self, key: int, fd: int, size: int):
         self.key = key
         self.fd = fd
         self.size = size
-        self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None
-        self.shadow = mmap.mmap(-1, max(size, 1))
         self.refs = 1  # the wl_shm_pool object, plus one per buffer
+        self.c = ffi.new("struct sf_pool *")
+        self.c.key = key
+        self.mm: mmap.mmap | None = None
+        self.shadow: mmap.mmap | None = None
+        self._cbufs: tuple = ()
+        self._map(mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) if size else None,
+                  mmap.mmap(-1, max(size, 1)))
+
+    def _map(self, mm: mmap.mmap | None, shadow: mmap.mmap) -> None:
+        self._unmap()
+        self.mm, self.shadow = mm, shadow
+        if mm is not None:
+            self._cbufs = (ffi.from_buffer(mm), ffi.from_buffer(shadow))
+            self.c.mm, self.c.shadow = self._cbufs
+            self.c.size = self.size
+
+    def _unmap(self) -> None:
+        """Out of the C model's reach first, then the exports, then the mappings."""
+        self.c.mm, self.c.shadow, self.c.size = ffi.NULL, ffi.NULL, 0
+        for b in self._cbufs:
+            ffi.release(b)
+        self._cbufs = ()
 
     def resize(self, size: int) -> None:
         if size <= self.size or self.fd < 0:
             return
-        old_shadow = self.shadow
-        self.mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-        self.shadow = mmap.mmap(-1, size)
-        self.shadow[: self.size] = old_shadow[: self.size]
-        old_shadow.close()
+        old_mm, old_shadow = self.mm, self.shadow
+        shadow = mmap.mmap(-1, size)
+        if old_shadow is not None:
+            shadow[: self.size] = old_shadow[: self.size]
+        mm = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
         self.size = size
+        self._map(mm, shadow)
+        if old_shadow is not None:
+            old_shadow.close()
+        del old_mm  # a pixel job still queued may hold a view of it
 
     def release(self) -> None:
         self.close_fd()
+        self._unmap()
+        # pixel jobs still queued hold exports of mm: dropping the reference is enough
         self.mm = None
-        self.shadow.close()
+        if self.shadow is not None:
+            self.shadow.close()
+            self.shadow = None
 
 
-DIFF, DIRECT = 0, 1
+class Transfer(NamedTuple):
+    """The spans of one commit: (offset, length) pairs in ``pool``, and their total."""
 
-
-@dataclass
-class GuestBuffer:
     pool: GuestPool
-    offset: int
-    width: int
-    height: int
-    stride: int
-    format: int
-    mode: int = DIFF
-    stale: Rects | None = field(default_factory=list)  # shadow out of date here (after DIRECT frames)
-
-    def bounds_ok(self) -> bool:
-        bpp = BYTES_PER_PIXEL.get(self.format, 1)
-        return (self.width > 0 and self.height > 0 and self.offset >= 0 and self.stride >= self.width * bpp
-                and self.offset + self.stride * (self.height - 1) + self.width * bpp <= self.pool.size)
+    spans: list[tuple[int, int]]
+    total: int
 
 
-class Transfer:
-    """The spans of one commit: (offset, length) pairs in the pool, plus stats."""
+class Surfaces:
+    """One client's wl_surfaces and shm buffers, as the guest half tracks them
+    (the state lives in C, ``surface.c``, where the read-and-forward path
+    applies a frame's requests too).
 
-    __slots__ = ("pool", "spans", "changed", "examined", "total")
+    A commit sends the region that may differ from what the host has: its
+    damage, plus what the buffer missed while another was attached (all of it
+    the first time), diffed against the pool's shadow.  Adaptive per buffer:
+    when most of a large damage changed, the buffer goes DIRECT (damage sent as
+    it is, with only a 1/64 sample compared, no pass of its own over memory);
+    when the sample says most of it repeats, it goes back to diffing after one
+    commit that resyncs what the DIRECT commits left stale in the shadow."""
 
-    def __init__(self, pool: GuestPool, spans: list[tuple[int, int]], changed: int, examined: int):
-        self.pool = pool
-        self.spans = spans
-        self.changed = changed
-        self.examined = examined
-        self.total = sum(n for _, n in spans)
+    def __init__(self, codec_proto, diff: bool = True):
+        self.c = lib.sf_new()
+        if self.c == ffi.NULL:
+            raise MemoryError("surface model")
+        lib.sf_set_diff(self.c, int(diff))
+        surface = codec_proto["wl_surface"]
+        lib.sf_set_ops(self.c, surface.index, *(surface.message(0, m).opcode
+                                               for m in ("attach", "damage", "damage_buffer", "commit")))
+        self._pools: dict[int, GuestPool] = {}  # address of pool.c -> pool, for the spans of a commit
+
+    def _pool_of(self, cpool) -> GuestPool | None:
+        return self._pools.get(int(ffi.cast("uintptr_t", cpool)))
+
+    def buffer_add(self, bid: int, pool: GuestPool, offset: int, width: int, height: int, stride: int,
+                   fmt: int) -> None:
+        self._pools[int(ffi.cast("uintptr_t", pool.c))] = pool
+        if lib.sf_buffer_add(self.c, bid, pool.c, offset, width, height, stride, fmt & 0xFFFFFFFF,
+                             BYTES_PER_PIXEL.get(fmt, 0)) < 0:
+            raise MemoryError("surface model")
+
+    def buffer_remove(self, bid: int) -> None:
+        lib.sf_buffer_remove(self.c, bid)
+
+    def pool_gone(self, pool: GuestPool) -> None:
+        """No buffer refers to ``pool`` any more."""
+        self._pools.pop(int(ffi.cast("uintptr_t", pool.c)), None)
+
+    def buffer_mode(self, bid: int) -> int | None:
+        m = lib.sf_buffer_mode(self.c, bid)
+        return None if m > 1 else m
+
+    def surface_add(self, sid: int) -> None:
+        if lib.sf_surface_add(self.c, sid) < 0:
+            raise MemoryError("surface model")
+
+    def surface_remove(self, sid: int) -> None:
+        lib.sf_surface_remove(self.c, sid)
+
+    def set_scale(self, sid: int, scale: int) -> None:
+        lib.sf_set_scale(self.c, sid, scale)
+
+    def set_transform(self, sid: int, transform: int) -> None:
+        lib.sf_set_transform(self.c, sid, transform)
+
+    def set_viewport(self, sid: int) -> None:
+        lib.sf_set_viewport(self.c, sid)
+
+    def attach(self, sid: int, bid: int) -> None:
+        lib.sf_attach(self.c, sid, bid)
+
+    def damage(self, sid: int, in_buffer: bool, x: int, y: int, w: int, h: int) -> None:
+        lib.sf_damage(self.c, sid, int(in_buffer), x, y, w, h)
+
+    def commit(self, sid: int) -> Transfer | None:
+        """The pixels this commit sends, if any."""
+        out = ffi.new("struct sf_pool **")
+        n = lib.sf_commit(self.c, sid, out)
+        return self.spans(n, out[0])
+
+    def spans(self, n: int, cpool) -> Transfer | None:
+        """The ``n`` spans the last commit left (in ``cpool``), as a Transfer."""
+        if not n:
+            return None
+        pool = self._pool_of(cpool)
+        if pool is None:
+            return None
+        buf = ffi.buffer(lib.sf_spans(self.c), n * SPAN.size)
+        spans = list(SPAN.iter_unpack(buf))
+        return Transfer(pool, spans, sum(k for _, k in spans))
+
+    def close(self) -> None:
+        """Free the model; later calls do nothing."""
+        if self.c:
+            lib.sf_free(self.c)
+            self.c = ffi.NULL
+        self._pools.clear()
 
 
-ROWS_CAP = 8192
-RECTS_CAP = 256
-
-
-class Differ:
-    """Turns a buffer and a damage region into the spans to send: two C calls
-    per commit (damage rects to row spans; then diff, direct or resync, with
-    a large diff or resync split over two cores).
-
-    Adaptive per buffer.  DIFF: send only what differs from the shadow copy
-    of what the host has (costs a compare pass; pays when content repeats).
-    When most of a large damage changed, the buffer goes DIRECT: damage is
-    sent as it is, with no pass of its own over memory except a 1/64 sample
-    compared with the shadow; when the sample says most of it repeats, the
-    buffer goes back to DIFF, after one RESYNC commit that sends and copies
-    into the shadow everything the DIRECT commits left stale."""
-
-    def __init__(self, cap: int = 4096, merge_gap: int = 256, wholesale: float = 0.7, back: float = 0.5,
-                 min_direct: int = 1 << 16):
-        self.cap = cap
-        self.merge_gap = merge_gap
-        self.wholesale = wholesale  # DIFF -> DIRECT above this changed fraction
-        self.back = back            # DIRECT -> DIFF below this sampled changed fraction
-        self.min_direct = min_direct  # smaller damage is always diffed
-        self._rows = ffi.new("struct shm_span[]", ROWS_CAP + 1)
-        self._out = ffi.new("struct shm_span[]", cap)
-        self._scratch = ffi.new("struct shm_span[]", cap)  # the second core's spans (large DIFF/RESYNC)
-        self._rects = ffi.new("int32_t[]", 4 * RECTS_CAP)
-        self._stats = ffi.new("uint64_t[3]")
-        self.enabled = True
-
-    def _collect(self, buf: GuestBuffer, region: Rects | None) -> tuple[int, Rects | None]:
-        """Row spans of ``region`` into ``self._rows``: (count, the region they cover)."""
-        bpp = BYTES_PER_PIXEL.get(buf.format)
-        if bpp is None:  # unknown layout: whole rows of the whole buffer
-            self._rects[0:4] = [0, 0, buf.stride, buf.height]
-            n = lib.shm_collect_rows(buf.offset, buf.stride, 1, buf.stride, buf.height, self._rects, 1,
-                                     self._rows, ROWS_CAP)
-            return n, FULL
-        if region is FULL or len(region) > RECTS_CAP:
-            region = FULL
-            flat = [0, 0, buf.width, buf.height]
-        else:
-            flat = [v for r in region for v in r]
-        self._rects[0:len(flat)] = flat
-        n = lib.shm_collect_rows(buf.offset, buf.stride, bpp, buf.width, buf.height, self._rects,
-                                 len(flat) // 4, self._rows, ROWS_CAP)
-        if n > ROWS_CAP:  # too fragmented: whole rows of the bounding box
-            y0 = min(r[1] for r in region) if region else 0
-            y1 = max(r[1] + r[3] for r in region) if region else buf.height
-            region = [(0, y0, buf.width, y1 - y0)]
-            self._rects[0:4] = [0, y0, buf.width, y1 - y0]
-            n = lib.shm_collect_rows(buf.offset, buf.stride, bpp, buf.width, buf.height, self._rects, 1,
-                                     self._rows, ROWS_CAP)
-        return n, region
-
-    def transfer(self, buf: GuestBuffer, region: Rects | None) -> Transfer:
-        pool = buf.pool
-        if pool.mm is None or not buf.bounds_ok():
-            return Transfer(pool, [], 0, 0)
-        if not self.enabled:
-            n, _ = self._collect(buf, region)
-            rows = self._rows
-            spans = [(rows[i].offset, rows[i].len) for i in range(n)]
-            t = Transfer(pool, spans, 0, 0)
-            t.changed = t.examined = t.total
-            return t
-        if buf.mode == DIRECT:
-            mode = lib.SHM_DIRECT
-        elif buf.stale:
-            mode = lib.SHM_RESYNC
-            region = union(region, buf.stale)
-        else:
-            mode = lib.SHM_DIFF
-        n, covered = self._collect(buf, region)
-        st = self._stats
-        k = lib.shm_commit_par(ffi.from_buffer(pool.mm), ffi.from_buffer(pool.shadow), self._rows, n, mode,
-                               self.merge_gap, self._out, self.cap, self._scratch, st)
-        examined, changed, sampled = st[0], st[1], st[2]
-        if mode == lib.SHM_DIFF:
-            if examined >= self.min_direct and changed > self.wholesale * examined:
-                buf.mode = DIRECT
-        elif mode == lib.SHM_RESYNC:
-            buf.stale = []
-        else:
-            buf.stale = union(buf.stale, covered if covered is not FULL else [(0, 0, buf.width, buf.height)])
-            if sampled >= 2048 and changed < self.back * sampled:
-                buf.mode = DIFF  # the next commit resyncs, then diffs
-        out = self._out
-        spans = [(out[i].offset, out[i].len) for i in range(k)] if k > 1 else ([(out[0].offset, out[0].len)] if k else [])
-        return Transfer(pool, spans, changed if mode != lib.SHM_DIRECT else examined, examined)
+SPAN = struct.Struct("=QI4x")  # struct shm_span: offset, length
 
 
 class HostPool(_Pool):

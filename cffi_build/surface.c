@@ -1,0 +1,545 @@
+/* The guest half's surfaces and shm buffers, and the pixels a commit sends; see surface.h. */
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wlcodec.h"
+#include "shm.h"
+#include "surface.h"
+
+#define ROWS_CAP 8192
+#define OUT_CAP 4096
+#define MERGE_GAP 256
+#define MIN_DIRECT (1u << 16)   /* smaller damage is always diffed */
+#define FULL_RECT INT32_MAX
+
+struct sf_region {
+    uint32_t n, full;          /* full: the whole buffer */
+    int32_t r[4 * SF_RECTS];   /* x, y, w, h */
+};
+
+struct sf_buffer {
+    struct sf_pool *pool;
+    int32_t offset, width, height, stride;
+    uint32_t format, bpp, mode, gen;
+    struct sf_region stale;    /* the shadow is out of date here (after DIRECT commits) */
+};
+
+struct sf_surface {
+    int64_t pending;           /* buffer attached since the last commit (0: null); -1: none */
+    int32_t scale, transform;
+    uint32_t viewport, buffer;
+    struct sf_region sdamage, bdamage;
+    uint32_t nhist;
+    uint32_t hist_id[SF_HIST], hist_gen[SF_HIST];
+    struct sf_region hist[SF_HIST]; /* damage each buffer missed while another was attached */
+};
+
+/* object id -> pointer, open addressing (ids come from the client) */
+struct map {
+    uint32_t cap, used, tomb;
+    uint32_t *keys;            /* 0: empty; 0xffffffff: removed */
+    void **vals;
+};
+
+struct sf_state {
+    struct map surfaces, buffers;
+    uint32_t diff, gen;
+    uint16_t iface, op_attach, op_damage, op_damage_buffer, op_commit;
+    uint32_t nout;
+};
+
+/* scratch shared by every state: the guest half is one thread */
+static struct shm_span rows[ROWS_CAP + 1], out[OUT_CAP], scratch[OUT_CAP];
+
+/* -- the map ------------------------------------------------------------- */
+#define TOMB 0xffffffffu
+
+static uint32_t slot_of(const struct map *m, uint32_t key)
+{
+    uint32_t i = (key * 2654435761u) & (m->cap - 1);
+    while (m->keys[i] != key && m->keys[i] != 0)
+        i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+static void *map_get(const struct map *m, uint32_t key)
+{
+    if (!m->cap || key == 0 || key == TOMB)
+        return NULL;
+    uint32_t i = slot_of(m, key);
+    return m->keys[i] == key ? m->vals[i] : NULL;
+}
+
+static int map_grow(struct map *m)
+{
+    uint32_t cap = m->cap ? m->cap * 2 : 16;
+    if (m->used * 4 < m->cap)
+        cap = m->cap; /* mostly tombstones: rehash at the same size */
+    struct map n = {cap, 0, 0, calloc(cap, sizeof(uint32_t)), calloc(cap, sizeof(void *))};
+    if (!n.keys || !n.vals) {
+        free(n.keys);
+        free(n.vals);
+        return -1;
+    }
+    for (uint32_t i = 0; i < m->cap; i++)
+        if (m->keys[i] != 0 && m->keys[i] != TOMB) {
+            uint32_t j = slot_of(&n, m->keys[i]);
+            n.keys[j] = m->keys[i];
+            n.vals[j] = m->vals[i];
+            n.used++;
+        }
+    free(m->keys);
+    free(m->vals);
+    *m = n;
+    return 0;
+}
+
+static int map_put(struct map *m, uint32_t key, void *val)
+{
+    if (key == 0 || key == TOMB) { /* never an object the client made: nothing to keep */
+        free(val);
+        return 0;
+    }
+    if ((m->used + m->tomb + 1) * 2 > m->cap && map_grow(m) < 0)
+        return -1;
+    uint32_t i = (key * 2654435761u) & (m->cap - 1);
+    uint32_t free_at = UINT32_MAX;
+    while (m->keys[i] != 0 && m->keys[i] != key) {
+        if (m->keys[i] == TOMB && free_at == UINT32_MAX)
+            free_at = i;
+        i = (i + 1) & (m->cap - 1);
+    }
+    if (m->keys[i] == key) {
+        m->vals[i] = val;
+        return 0;
+    }
+    if (free_at != UINT32_MAX) {
+        i = free_at;
+        m->tomb--;
+    }
+    m->keys[i] = key;
+    m->vals[i] = val;
+    m->used++;
+    return 0;
+}
+
+static void *map_pop(struct map *m, uint32_t key)
+{
+    if (!m->cap || key == 0 || key == TOMB)
+        return NULL;
+    uint32_t i = slot_of(m, key);
+    if (m->keys[i] != key)
+        return NULL;
+    void *v = m->vals[i];
+    m->keys[i] = TOMB;
+    m->vals[i] = NULL;
+    m->used--;
+    m->tomb++;
+    return v;
+}
+
+static void map_free(struct map *m)
+{
+    for (uint32_t i = 0; i < m->cap; i++)
+        if (m->keys[i] != 0 && m->keys[i] != TOMB)
+            free(m->vals[i]);
+    free(m->keys);
+    free(m->vals);
+    memset(m, 0, sizeof *m);
+}
+
+/* -- regions ------------------------------------------------------------- */
+static void region_clear(struct sf_region *g)
+{
+    g->n = g->full = 0;
+}
+
+static int region_empty(const struct sf_region *g)
+{
+    return !g->full && g->n == 0;
+}
+
+/* Collapse to the bounding box (a superset of the union). */
+static void region_bbox(struct sf_region *g)
+{
+    int64_t x0 = INT64_MAX, y0 = INT64_MAX, x1 = INT64_MIN, y1 = INT64_MIN;
+    for (uint32_t i = 0; i < g->n; i++) {
+        const int32_t *r = g->r + 4 * i;
+        if (r[0] < x0) x0 = r[0];
+        if (r[1] < y0) y0 = r[1];
+        if ((int64_t)r[0] + r[2] > x1) x1 = (int64_t)r[0] + r[2];
+        if ((int64_t)r[1] + r[3] > y1) y1 = (int64_t)r[1] + r[3];
+    }
+    int64_t w = x1 - x0, h = y1 - y0;
+    g->n = 1;
+    g->r[0] = (int32_t)x0, g->r[1] = (int32_t)y0;
+    g->r[2] = (int32_t)(w > INT32_MAX ? INT32_MAX : w), g->r[3] = (int32_t)(h > INT32_MAX ? INT32_MAX : h);
+}
+
+static void region_add(struct sf_region *g, int32_t x, int32_t y, int32_t w, int32_t h)
+{
+    if (g->full)
+        return;
+    if (g->n == SF_RECTS)
+        region_bbox(g);
+    int32_t *r = g->r + 4 * g->n++;
+    r[0] = x, r[1] = y, r[2] = w, r[3] = h;
+    if (g->n == SF_RECTS)
+        region_bbox(g);
+}
+
+static void region_union(struct sf_region *a, const struct sf_region *b)
+{
+    if (a->full || b->full) {
+        a->full = 1;
+        a->n = 0;
+        return;
+    }
+    for (uint32_t i = 0; i < b->n; i++)
+        region_add(a, b->r[4 * i], b->r[4 * i + 1], b->r[4 * i + 2], b->r[4 * i + 3]);
+}
+
+static int32_t clamp32(int64_t v)
+{
+    return v > INT32_MAX ? INT32_MAX : v < INT32_MIN ? INT32_MIN : (int32_t)v;
+}
+
+/* -- state ---------------------------------------------------------------- */
+struct sf_state *sf_new(void)
+{
+    struct sf_state *st = calloc(1, sizeof *st);
+    if (st) {
+        st->diff = 1;
+        st->iface = 0xffff;
+    }
+    return st;
+}
+
+void sf_free(struct sf_state *st)
+{
+    if (!st)
+        return;
+    map_free(&st->surfaces);
+    map_free(&st->buffers);
+    free(st);
+}
+
+void sf_set_diff(struct sf_state *st, uint32_t enabled)
+{
+    if (!st)
+        return;
+    st->diff = enabled;
+}
+
+void sf_set_ops(struct sf_state *st, uint16_t surface_iface, uint16_t attach, uint16_t damage,
+                uint16_t damage_buffer, uint16_t commit)
+{
+    st->iface = surface_iface;
+    st->op_attach = attach, st->op_damage = damage, st->op_damage_buffer = damage_buffer, st->op_commit = commit;
+}
+
+int sf_surface_add(struct sf_state *st, uint32_t id)
+{
+    if (!st)
+        return -1;
+    struct sf_surface *s = calloc(1, sizeof *s);
+    if (!s)
+        return -1;
+    s->pending = -1;
+    s->scale = 1;
+    free(map_pop(&st->surfaces, id));
+    if (map_put(&st->surfaces, id, s) < 0) {
+        free(s);
+        return -1;
+    }
+    return 0;
+}
+
+void sf_surface_remove(struct sf_state *st, uint32_t id)
+{
+    if (!st)
+        return;
+    free(map_pop(&st->surfaces, id));
+}
+
+void sf_set_scale(struct sf_state *st, uint32_t id, int32_t scale)
+{
+    if (!st)
+        return;
+    struct sf_surface *s = map_get(&st->surfaces, id);
+    if (s)
+        s->scale = scale < 1 ? 1 : scale;
+}
+
+void sf_set_transform(struct sf_state *st, uint32_t id, int32_t transform)
+{
+    if (!st)
+        return;
+    struct sf_surface *s = map_get(&st->surfaces, id);
+    if (s)
+        s->transform = transform;
+}
+
+void sf_set_viewport(struct sf_state *st, uint32_t id)
+{
+    if (!st)
+        return;
+    struct sf_surface *s = map_get(&st->surfaces, id);
+    if (s)
+        s->viewport = 1; /* surface damage no longer maps simply onto the buffer */
+}
+
+int sf_buffer_add(struct sf_state *st, uint32_t id, struct sf_pool *pool, int32_t offset, int32_t width,
+                  int32_t height, int32_t stride, uint32_t format, uint32_t bpp)
+{
+    if (!st)
+        return -1;
+    struct sf_buffer *b = calloc(1, sizeof *b);
+    if (!b)
+        return -1;
+    *b = (struct sf_buffer){pool, offset, width, height, stride, format, bpp, SF_DIFF, ++st->gen, {0}};
+    free(map_pop(&st->buffers, id));
+    if (map_put(&st->buffers, id, b) < 0) {
+        free(b);
+        return -1;
+    }
+    return 0;
+}
+
+void sf_buffer_remove(struct sf_state *st, uint32_t id)
+{
+    if (!st)
+        return;
+    free(map_pop(&st->buffers, id));
+}
+
+uint32_t sf_buffer_mode(struct sf_state *st, uint32_t id)
+{
+    if (!st)
+        return 2;
+    struct sf_buffer *b = map_get(&st->buffers, id);
+    return b ? b->mode : 2;
+}
+
+void sf_attach(struct sf_state *st, uint32_t id, uint32_t buffer)
+{
+    if (!st)
+        return;
+    struct sf_surface *s = map_get(&st->surfaces, id);
+    if (s)
+        s->pending = buffer;
+}
+
+void sf_damage(struct sf_state *st, uint32_t id, uint32_t in_buffer, int32_t x, int32_t y, int32_t w, int32_t h)
+{
+    if (!st)
+        return;
+    struct sf_surface *s = map_get(&st->surfaces, id);
+    if (s)
+        region_add(in_buffer ? &s->bdamage : &s->sdamage, x, y, w, h);
+}
+
+const struct shm_span *sf_spans(struct sf_state *st)
+{
+    (void)st;
+    return out;
+}
+
+/* -- a commit -------------------------------------------------------------- */
+static int bounds_ok(const struct sf_buffer *b)
+{
+    uint64_t bpp = b->bpp ? b->bpp : 1;
+    if (b->width <= 0 || b->height <= 0 || b->offset < 0 || (uint64_t)(int64_t)b->stride < b->width * bpp ||
+        b->stride <= 0)
+        return 0;
+    uint64_t end = (uint64_t)b->offset + (uint64_t)b->stride * (uint64_t)(b->height - 1) + b->width * bpp;
+    return end <= b->pool->size;
+}
+
+/* Row spans of `g` into rows[]; *covered: the region they cover. */
+static uint32_t collect(const struct sf_buffer *b, const struct sf_region *g, struct sf_region *covered)
+{
+    int32_t rects[4 * SF_RECTS];
+    if (!b->bpp) { /* unknown layout: whole rows of the whole buffer */
+        int32_t all[4] = {0, 0, b->stride, b->height};
+        covered->full = 1, covered->n = 0;
+        return shm_collect_rows((uint64_t)b->offset, (uint32_t)b->stride, 1, (uint32_t)b->stride,
+                                (uint32_t)b->height, all, 1, rows, ROWS_CAP);
+    }
+    uint32_t nr;
+    if (g->full) {
+        rects[0] = 0, rects[1] = 0, rects[2] = b->width, rects[3] = b->height;
+        nr = 1;
+    } else {
+        memcpy(rects, g->r, sizeof(int32_t) * 4 * g->n);
+        nr = g->n;
+    }
+    *covered = *g;
+    uint32_t n = shm_collect_rows((uint64_t)b->offset, (uint32_t)b->stride, b->bpp, (uint32_t)b->width,
+                                  (uint32_t)b->height, rects, nr, rows, ROWS_CAP);
+    if (n > ROWS_CAP) { /* too fragmented: whole rows of the bounding box */
+        int64_t y0 = INT64_MAX, y1 = INT64_MIN;
+        for (uint32_t i = 0; i < nr; i++) {
+            if (rects[4 * i + 1] < y0) y0 = rects[4 * i + 1];
+            if ((int64_t)rects[4 * i + 1] + rects[4 * i + 3] > y1) y1 = (int64_t)rects[4 * i + 1] + rects[4 * i + 3];
+        }
+        int32_t box[4] = {0, clamp32(y0), b->width, clamp32(y1 - y0)};
+        covered->full = 0, covered->n = 1;
+        memcpy(covered->r, box, sizeof box);
+        n = shm_collect_rows((uint64_t)b->offset, (uint32_t)b->stride, b->bpp, (uint32_t)b->width,
+                             (uint32_t)b->height, box, 1, rows, ROWS_CAP);
+    }
+    return n > ROWS_CAP ? ROWS_CAP : n;
+}
+
+/* What `region` of buffer `b` needs sent, into out[]: diffed against the
+ * shadow, or (DIRECT) as it is with a 1/64 sample to tell when diffing pays
+ * again, after which one RESYNC commit sends what the DIRECT ones left stale. */
+static uint32_t transfer(struct sf_state *st, struct sf_buffer *b, struct sf_region *g)
+{
+    if (!b->pool->mm || !bounds_ok(b))
+        return 0;
+    struct sf_region covered;
+    uint64_t stats[3] = {0, 0, 0};
+    if (!st->diff) {
+        uint32_t n = collect(b, g, &covered);
+        memcpy(out, rows, n * sizeof *rows);
+        return n;
+    }
+    uint32_t mode;
+    if (b->mode == SF_DIRECT)
+        mode = SHM_DIRECT;
+    else if (!region_empty(&b->stale)) {
+        mode = SHM_RESYNC;
+        region_union(g, &b->stale);
+    } else
+        mode = SHM_DIFF;
+    uint32_t n = collect(b, g, &covered);
+    uint32_t k = shm_commit_par(b->pool->mm, b->pool->shadow, rows, n, mode, MERGE_GAP, out, OUT_CAP, scratch,
+                                stats);
+    uint64_t examined = stats[0], changed = stats[1], sampled = stats[2];
+    if (mode == SHM_DIFF) {
+        if (examined >= MIN_DIRECT && changed * 10 > examined * 7) /* most of it changed: stop diffing */
+            b->mode = SF_DIRECT;
+    } else if (mode == SHM_RESYNC) {
+        region_clear(&b->stale);
+    } else {
+        if (covered.full) {
+            covered.full = 0, covered.n = 1;
+            covered.r[0] = 0, covered.r[1] = 0, covered.r[2] = b->width, covered.r[3] = b->height;
+        }
+        region_union(&b->stale, &covered);
+        if (sampled >= 2048 && changed * 2 < sampled) /* mostly repeats: diff again, after a resync */
+            b->mode = SF_DIFF;
+    }
+    return k;
+}
+
+static struct sf_region *hist_find(struct sf_surface *s, uint32_t id, uint32_t gen)
+{
+    for (uint32_t i = 0; i < s->nhist; i++)
+        if (s->hist_id[i] == id && s->hist_gen[i] == gen)
+            return &s->hist[i];
+    return NULL;
+}
+
+uint32_t sf_commit(struct sf_state *st, uint32_t id, struct sf_pool **pool)
+{
+    *pool = NULL;
+    if (!st)
+        return 0;
+    struct sf_surface *s = map_get(&st->surfaces, id);
+    st->nout = 0;
+    if (!s)
+        return 0;
+    int attached = s->pending >= 0;
+    if (attached)
+        s->buffer = (uint32_t)s->pending;
+    /* this commit's damage in buffer pixels, conservatively */
+    struct sf_region damage = s->bdamage;
+    if (!region_empty(&s->sdamage)) {
+        if (s->transform != 0 || s->viewport || s->sdamage.full) {
+            damage.full = 1;
+        } else {
+            int64_t k = s->scale;
+            for (uint32_t i = 0; i < s->sdamage.n; i++) {
+                const int32_t *r = s->sdamage.r + 4 * i;
+                region_add(&damage, clamp32(r[0] * k), clamp32(r[1] * k), clamp32(r[2] * k), clamp32(r[3] * k));
+            }
+        }
+    }
+    s->pending = -1;
+    region_clear(&s->sdamage);
+    region_clear(&s->bdamage);
+    struct sf_buffer *b = s->buffer ? map_get(&st->buffers, s->buffer) : NULL;
+    if (!b || (!attached && region_empty(&damage)))
+        return 0;
+    /* what this buffer missed (all of it if never sent), plus this damage */
+    struct sf_region region = {0, 1, {0}};
+    struct sf_region *mine = hist_find(s, s->buffer, b->gen);
+    if (mine)
+        region = *mine;
+    region_union(&region, &damage);
+    for (uint32_t i = 0; i < s->nhist; i++)
+        if (&s->hist[i] != mine)
+            region_union(&s->hist[i], &damage);
+    if (!mine) { /* remember it; a full list forgets the oldest (it is sent whole next time) */
+        uint32_t i = s->nhist < SF_HIST ? s->nhist++ : 0;
+        if (i == 0 && s->nhist == SF_HIST) {
+            memmove(s->hist_id, s->hist_id + 1, (SF_HIST - 1) * sizeof *s->hist_id);
+            memmove(s->hist_gen, s->hist_gen + 1, (SF_HIST - 1) * sizeof *s->hist_gen);
+            memmove(s->hist, s->hist + 1, (SF_HIST - 1) * sizeof *s->hist);
+            i = SF_HIST - 1;
+        }
+        s->hist_id[i] = s->buffer, s->hist_gen[i] = b->gen;
+        mine = &s->hist[i];
+    }
+    region_clear(mine);
+    *pool = b->pool;
+    st->nout = transfer(st, b, &region);
+    return st->nout;
+}
+
+/* -- the read-and-forward path ------------------------------------------------ */
+int sf_apply(struct sf_state *st, const uint8_t *buf, const struct wlc_rec *recs, uint32_t n,
+             uint32_t *split, uint32_t *nspans, struct sf_pool **pool)
+{
+    uint32_t commits = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct wlc_rec *r = &recs[i];
+        if (r->nfds)
+            return 0;
+        if (r->kind == WLC_REC_PASS)
+            continue;
+        if (r->kind != WLC_REC_MSG || r->iface != st->iface)
+            return 0;
+        if (r->opcode == st->op_commit)
+            commits++;
+        else if (r->opcode != st->op_attach && r->opcode != st->op_damage && r->opcode != st->op_damage_buffer)
+            return 0;
+    }
+    if (commits > 1)
+        return 0;
+    *split = 0, *nspans = 0, *pool = NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct wlc_rec *r = &recs[i];
+        if (r->kind == WLC_REC_PASS)
+            continue;
+        const uint8_t *a = buf + r->start + 8;
+        if (r->opcode == st->op_attach) {
+            uint32_t bid;
+            memcpy(&bid, a, 4);
+            sf_attach(st, r->obj, bid);
+        } else if (r->opcode == st->op_commit) {
+            *split = r->start;
+            *nspans = sf_commit(st, r->obj, pool);
+        } else {
+            int32_t v[4];
+            memcpy(v, a, sizeof v);
+            sf_damage(st, r->obj, r->opcode == st->op_damage_buffer, v[0], v[1], v[2], v[3]);
+        }
+    }
+    return 1;
+}
