@@ -24,7 +24,7 @@ struct fp_read {
     uint32_t nspans;        /* writev, as SHM_DATA frames between a DATA frame of the messages */
     struct sf_pool *pool;   /* before the commit and one from the commit on) */
 };
-#define FP_SMALL_PIXELS 65536 /* pixels up to this size go in that writev */
+#define FP_SMALL_PIXELS 1048576 /* pixels up to this size go in that writev (FLUSH_SLICE) */
 #define FP_SMALL_SPANS 128
 void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t cap, uint32_t *filled,
                      int32_t *fds, uint32_t fds_cap, struct fp_read *r, struct wlc_rec *out, uint32_t out_cap);

@@ -5,9 +5,13 @@ exactly what the Python path does."""
 
 from __future__ import annotations
 
+import array
+import os
 import select
 import socket
 import time
+
+import pytest
 
 from helpers_wire import encode
 from wlproxy import link
@@ -189,3 +193,80 @@ def test_the_c_link_scan_delivers_exactly_what_the_python_path_does() -> None:
         cuts = sorted(rnd.sample(range(1, len(stream)), min(len(stream) - 1, rnd.randrange(0, 6))))
         chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
         assert _deliver(chunks, 3, scan=True) == _deliver(chunks, 3, scan=False), f"seed {seed}"
+
+
+def _link_frames(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, channel, payload) of each whole frame in ``data``."""
+    out, pos = [], 0
+    while len(data) - pos >= link.HEADER_SIZE:
+        n, ftype, _, ch = link.HEADER.unpack_from(data, pos)
+        if len(data) - pos - link.HEADER_SIZE < n:
+            break
+        out.append((ftype, ch, data[pos + link.HEADER_SIZE:pos + link.HEADER_SIZE + n]))
+        pos += link.HEADER_SIZE + n
+    return out
+
+
+@pytest.mark.parametrize("sndbuf", [0, 4096])
+def test_a_frame_and_its_pixels_leave_in_order_even_when_the_link_takes_part_of_them(sndbuf: int) -> None:
+    """attach, damage_buffer and commit in one write: the guest half's C read
+    path applies them and writes DATA (before the commit), SHM_DATA (the
+    pixels) and DATA (the commit) in one writev; with a small link buffer the
+    write comes up short and the rest follows from the writer, in order."""
+    loop, lk, host = _linked()
+    if sndbuf:
+        s = socket.socket(fileno=os.dup(lk.fd))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        s.close()
+    client = _client(lk, socket.SOCK_STREAM)
+    w, h = 64, 48
+    size = w * h * 4
+    fd = os.memfd_create("frame")
+    os.ftruncate(fd, size)
+    setup = (encode(1, "wl_display", "get_registry", 2)
+             + encode(2, "wl_registry", "bind", 1, ("wl_compositor", 4, 3))
+             + encode(2, "wl_registry", "bind", 2, ("wl_shm", 1, 4))
+             + encode(3, "wl_compositor", "create_surface", 5)
+             + encode(4, "wl_shm", "create_pool", 6, fd, size))
+    client.sendmsg([setup], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+    client.sendall(encode(6, "wl_shm_pool", "create_buffer", 7, 0, w, h, w * 4, 1))
+    got = bytearray()
+
+    def drain(until) -> None:
+        host.setblocking(False)
+        for _ in range(500):
+            loop.run_once(0.005)
+            try:
+                got.extend(host.recv(1 << 20))
+            except BlockingIOError:
+                pass
+            if until():
+                return
+        raise AssertionError("the link did not carry it")
+
+    create_buffer = encode(6, "wl_shm_pool", "create_buffer", 7, 0, w, h, w * 4, 1)
+    drain(lambda: any(t == link.DATA and p.endswith(create_buffer) for t, _, p in _link_frames(bytes(got))))
+    before = len(_link_frames(bytes(got)))
+    pixels = os.urandom(size)
+    os.pwrite(fd, pixels, 0)
+    msgs = [encode(5, "wl_surface", "attach", 7, 0, 0), encode(5, "wl_surface", "damage_buffer", 0, 0, w, h),
+            encode(5, "wl_surface", "commit")]
+    client.sendall(b"".join(msgs))
+
+    def frame_done() -> bool:
+        return any(t == link.DATA and p.endswith(msgs[2]) for t, _, p in _link_frames(bytes(got))[before:])
+
+    drain(frame_done)
+    frames = [(t, p) for t, _, p in _link_frames(bytes(got))[before:] if t != link.CREDIT]
+    kinds = [t for t, _ in frames]
+    assert kinds[0] == link.DATA and frames[0][1] == msgs[0] + msgs[1]
+    assert kinds[-1] == link.DATA and frames[-1][1] == msgs[2]
+    shm = bytearray(size)
+    for t, p in frames[1:-1]:
+        assert t == link.SHM_DATA
+        _key, _, off = link.SHM_HEADER.unpack_from(p)
+        shm[off:off + len(p) - link.SHM_HEADER.size] = p[link.SHM_HEADER.size:]
+    assert bytes(shm) == pixels
+    os.close(fd)
+    lk.shutdown("test over", violation=False)
+    loop.close()

@@ -43,6 +43,7 @@ class LinkSession:
         self.peer_window = 0
         self.channels: dict = {}
         self.closed = False
+        os.set_blocking(fd, False)  # the C read paths write to it too: never wait in there
         self.writer = LinkWriter(loop, fd, self._io_error)
         self.decoder = link.LinkDecoder(self.limits, accept=self.accept)
         # the C link scan: DATA and CREDIT of channels that need no Python, one call per read
