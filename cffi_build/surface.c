@@ -140,6 +140,17 @@ static void *map_pop(struct map *m, uint32_t key)
     return v;
 }
 
+/* `val` under `key`, in place of (and freeing) what was there; -1: no memory (val freed). */
+static int map_replace(struct map *m, uint32_t key, void *val)
+{
+    free(map_pop(m, key));
+    if (map_put(m, key, val) < 0) {
+        free(val);
+        return -1;
+    }
+    return 0;
+}
+
 static void map_free(struct map *m)
 {
     for (uint32_t i = 0; i < m->cap; i++)
@@ -249,12 +260,7 @@ int sf_surface_add(struct sf_state *st, uint32_t id)
         return -1;
     s->pending = -1;
     s->scale = 1;
-    free(map_pop(&st->surfaces, id));
-    if (map_put(&st->surfaces, id, s) < 0) {
-        free(s);
-        return -1;
-    }
-    return 0;
+    return map_replace(&st->surfaces, id, s);
 }
 
 void sf_surface_remove(struct sf_state *st, uint32_t id)
@@ -300,12 +306,7 @@ int sf_buffer_add(struct sf_state *st, uint32_t id, struct sf_pool *pool, int32_
     if (!b)
         return -1;
     *b = (struct sf_buffer){pool, offset, width, height, stride, format, bpp, SF_DIFF, ++st->gen, {0}};
-    free(map_pop(&st->buffers, id));
-    if (map_put(&st->buffers, id, b) < 0) {
-        free(b);
-        return -1;
-    }
-    return 0;
+    return map_replace(&st->buffers, id, b);
 }
 
 void sf_buffer_remove(struct sf_state *st, uint32_t id)
@@ -485,14 +486,14 @@ uint32_t sf_commit(struct sf_state *st, uint32_t id, struct sf_pool **pool)
     for (uint32_t i = 0; i < s->nhist; i++)
         if (&s->hist[i] != mine)
             region_union(&s->hist[i], &damage);
-    if (!mine) { /* remember it; a full list forgets the oldest (it is sent whole next time) */
-        uint32_t i = s->nhist < SF_HIST ? s->nhist++ : 0;
-        if (i == 0 && s->nhist == SF_HIST) {
+    if (!mine) { /* remember it; a full list forgets the oldest (sent whole when next attached) */
+        if (s->nhist == SF_HIST) {
             memmove(s->hist_id, s->hist_id + 1, (SF_HIST - 1) * sizeof *s->hist_id);
             memmove(s->hist_gen, s->hist_gen + 1, (SF_HIST - 1) * sizeof *s->hist_gen);
             memmove(s->hist, s->hist + 1, (SF_HIST - 1) * sizeof *s->hist);
-            i = SF_HIST - 1;
+            s->nhist--;
         }
+        uint32_t i = s->nhist++;
         s->hist_id[i] = s->buffer, s->hist_gen[i] = b->gen;
         mine = &s->hist[i];
     }

@@ -100,7 +100,7 @@ def _rect(rng: random.Random, w: int, h: int) -> tuple[int, int, int, int]:
 @pytest.mark.parametrize("diff", [True, False])
 def test_host_copy_equals_the_buffer_after_every_commit(seed: int, diff: bool) -> None:
     rng = random.Random(seed)
-    c = Client(rng, 200, 160, nbuf=rng.choice([1, 2, 3]), diff=diff, pad=rng.choice([0, 12]))
+    c = Client(rng, 200, 160, nbuf=rng.choice([1, 2, 3, 10]), diff=diff, pad=rng.choice([0, 12]))  # 10: more than SF_HIST
     scenes = [bytes(c.scene)]
     try:
         for k in range(80):

@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterable
 
+from wlproxy.bench import procstat
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -38,16 +40,11 @@ class Placement:
     def pin(self, side: str, pids: Iterable[int]) -> None:
         """Every thread of ``pids`` onto ``side``'s CPUs (threads and children made later inherit it)."""
         cpus = self.vm if side == "vm" else self.host
-        for pid in pids:
+        for tid in procstat.threads(pids):
             try:
-                tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+                os.sched_setaffinity(tid, cpus)
             except OSError:
-                continue
-            for tid in tids:
-                try:
-                    os.sched_setaffinity(tid, cpus)
-                except OSError:
-                    pass  # gone meanwhile
+                pass  # gone meanwhile
 
 
 def _ranges(cpus: frozenset[int]) -> str:

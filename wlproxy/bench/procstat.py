@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Iterable, Iterator
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -36,20 +36,25 @@ def tree(root: int, exclude: Iterable[int] = ()) -> list[int]:
     return out
 
 
-def cpu_ns(pids: Iterable[int]) -> int:
-    """On-CPU time of every thread of ``pids`` (``/proc/PID/task/*/schedstat``), in ns."""
-    total = 0
+def threads(pids: Iterable[int]) -> Iterator[int]:
+    """The thread ids of ``pids`` (those still there)."""
     for pid in pids:
         try:
             tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-            except (OSError, ValueError, IndexError):
-                pass
+        yield from map(int, tids)
+
+
+def cpu_ns(pids: Iterable[int]) -> int:
+    """On-CPU time of every thread of ``pids`` (``/proc/PID/task/*/schedstat``), in ns."""
+    total = 0
+    for tid in threads(pids):
+        try:
+            with open(f"/proc/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
     return total
 
 
@@ -81,14 +86,9 @@ def peak_rss_bytes(pids: Iterable[int]) -> int:
 def affinity(pids: Iterable[int]) -> set[int]:
     """The CPUs any thread of ``pids`` may run on."""
     out: set[int] = set()
-    for pid in pids:
+    for tid in threads(pids):
         try:
-            tids = os.listdir(f"/proc/{pid}/task")
+            out |= os.sched_getaffinity(tid)
         except OSError:
-            continue
-        for tid in tids:
-            try:
-                out |= os.sched_getaffinity(int(tid))
-            except OSError:
-                pass
+            pass  # gone meanwhile
     return out
