@@ -92,60 +92,6 @@ uint32_t shm_collect_rows(uint64_t buf_offset, uint32_t stride, uint32_t bpp, ui
 
 #define BLOCK 64
 
-/* Compare each span of `pool` with `shadow`; write the sub-spans that differ
- * (64-byte granular, gaps up to merge_gap bridged) to `out` and bring the
- * shadow up to date.  Stops early when `out` is nearly full: *spans_done says
- * how many input spans were handled (call again for the rest).  Returns the
- * number of output spans. */
-uint32_t shm_diff(const uint8_t *pool, uint8_t *shadow, const struct shm_span *spans,
-                  uint32_t nspans, struct shm_span *out, uint32_t out_cap, uint32_t merge_gap,
-                  uint32_t *spans_done, uint64_t *changed_bytes)
-{
-    uint32_t n = 0, s;
-    uint64_t changed = 0;
-    for (s = 0; s < nspans && n + 2 <= out_cap; s++) {
-        uint64_t off = spans[s].offset, end = off + spans[s].len;
-        uint64_t run_start = 0, run_end = 0;
-        int in_run = 0;
-        uint64_t p = off;
-        while (p < end) {
-            uint64_t q = (p + BLOCK) & ~(uint64_t)(BLOCK - 1); /* absolute 64-byte blocks */
-            if (q > end)
-                q = end;
-            if (memcmp(pool + p, shadow + p, q - p) != 0) {
-                if (in_run && p - run_end <= merge_gap) {
-                    run_end = q;
-                } else {
-                    if (in_run)
-                        emit(out, &n, out_cap, run_start, (uint32_t)(run_end - run_start));
-                    run_start = p, run_end = q, in_run = 1;
-                    if (n + 1 >= out_cap) {
-                        /* last free slot: take the rest of the span whole */
-                        memcpy(shadow + p, pool + p, end - p);
-                        changed += end - p;
-                        run_end = end;
-                        break;
-                    }
-                }
-                memcpy(shadow + p, pool + p, q - p);
-                changed += q - p;
-            }
-            p = q;
-        }
-        if (in_run)
-            emit(out, &n, out_cap, run_start, (uint32_t)(run_end - run_start));
-    }
-    *spans_done = s;
-    *changed_bytes = changed;
-    return n;
-}
-
-void shm_copy_spans(const uint8_t *src, uint8_t *dst, const struct shm_span *spans, uint32_t nspans)
-{
-    for (uint32_t i = 0; i < nspans; i++)
-        memcpy(dst + spans[i].offset, src + spans[i].offset, spans[i].len);
-}
-
 #define CHUNK 4096
 #define SAMPLE_EVERY 16384 /* one sample per 16 KiB of damage ... */
 #define SAMPLE_LEN 256     /* ... of 256 bytes: 1/64 of the memory */

@@ -7,9 +7,6 @@ struct shm_span {
 
 uint32_t shm_collect_rows(uint64_t buf_offset, uint32_t stride, uint32_t bpp, uint32_t width, uint32_t height,
                           const int32_t *rects, uint32_t nrects, struct shm_span *out, uint32_t out_cap);
-uint32_t shm_diff(const uint8_t *pool, uint8_t *shadow, const struct shm_span *spans, uint32_t nspans,
-                  struct shm_span *out, uint32_t out_cap, uint32_t merge_gap, uint32_t *spans_done,
-                  uint64_t *changed_bytes);
 #define SHM_DIFF 0
 #define SHM_DIRECT 1
 #define SHM_RESYNC 2
@@ -18,4 +15,3 @@ uint32_t shm_commit(const uint8_t *pool, uint8_t *shadow, const struct shm_span 
 uint32_t shm_commit_par(const uint8_t *pool, uint8_t *shadow, const struct shm_span *rows, uint32_t nrows,
                         uint32_t mode, uint32_t merge_gap, struct shm_span *out, uint32_t out_cap,
                         struct shm_span *scratch, uint64_t *stats);
-void shm_copy_spans(const uint8_t *src, uint8_t *dst, const struct shm_span *spans, uint32_t nspans);
