@@ -26,14 +26,20 @@ struct sf_buffer {
     struct sf_region stale;    /* the shadow is out of date here (after DIRECT commits) */
 };
 
+struct sf_hist;
+
 struct sf_surface {
     int64_t pending;           /* buffer attached since the last commit (0: null); -1: none */
     int32_t scale, transform;
     uint32_t viewport, buffer;
     struct sf_region sdamage, bdamage;
     uint32_t nhist;
-    uint32_t hist_id[SF_HIST], hist_gen[SF_HIST];
-    struct sf_region hist[SF_HIST]; /* damage each buffer missed while another was attached */
+    struct sf_hist *hist; /* made at the first commit with a buffer (most surfaces never get one) */
+};
+
+struct sf_hist {
+    uint32_t id[SF_HIST], gen[SF_HIST];
+    struct sf_region missed[SF_HIST]; /* damage each buffer missed while another was attached */
 };
 
 /* object id -> pointer, open addressing (ids come from the client) */
@@ -41,6 +47,7 @@ struct map {
     uint32_t cap, used, tomb;
     uint32_t *keys;            /* 0: empty; 0xffffffff: removed */
     void **vals;
+    void (*destroy)(void *);   /* frees a value (NULL: nothing) */
 };
 
 struct sf_state {
@@ -77,7 +84,7 @@ static int map_grow(struct map *m)
     uint32_t cap = m->cap ? m->cap * 2 : 16;
     if (m->used * 4 < m->cap)
         cap = m->cap; /* mostly tombstones: rehash at the same size */
-    struct map n = {cap, 0, 0, calloc(cap, sizeof(uint32_t)), calloc(cap, sizeof(void *))};
+    struct map n = {cap, 0, 0, calloc(cap, sizeof(uint32_t)), calloc(cap, sizeof(void *)), m->destroy};
     if (!n.keys || !n.vals) {
         free(n.keys);
         free(n.vals);
@@ -99,7 +106,7 @@ static int map_grow(struct map *m)
 static int map_put(struct map *m, uint32_t key, void *val)
 {
     if (key == 0 || key == TOMB) { /* never an object the client made: nothing to keep */
-        free(val);
+        m->destroy(val);
         return 0;
     }
     if ((m->used + m->tomb + 1) * 2 > m->cap && map_grow(m) < 0)
@@ -143,7 +150,7 @@ static void *map_pop(struct map *m, uint32_t key)
 /* `val` under `key`, in place of (and freeing) what was there; -1: no memory (val freed). */
 static int map_replace(struct map *m, uint32_t key, void *val)
 {
-    free(map_pop(m, key));
+    m->destroy(map_pop(m, key));
     if (map_put(m, key, val) < 0) {
         free(val);
         return -1;
@@ -155,10 +162,12 @@ static void map_free(struct map *m)
 {
     for (uint32_t i = 0; i < m->cap; i++)
         if (m->keys[i] != 0 && m->keys[i] != TOMB)
-            free(m->vals[i]);
+            m->destroy(m->vals[i]);
     free(m->keys);
     free(m->vals);
-    memset(m, 0, sizeof *m);
+    m->cap = m->used = m->tomb = 0;
+    m->keys = NULL;
+    m->vals = NULL;
 }
 
 /* -- regions ------------------------------------------------------------- */
@@ -218,12 +227,22 @@ static int32_t clamp32(int64_t v)
 }
 
 /* -- state ---------------------------------------------------------------- */
+static void surface_free(void *v)
+{
+    struct sf_surface *s = v;
+    if (s)
+        free(s->hist);
+    free(s);
+}
+
 struct sf_state *sf_new(void)
 {
     struct sf_state *st = calloc(1, sizeof *st);
     if (st) {
         st->diff = 1;
         st->iface = 0xffff;
+        st->surfaces.destroy = surface_free;
+        st->buffers.destroy = free;
     }
     return st;
 }
@@ -267,7 +286,7 @@ void sf_surface_remove(struct sf_state *st, uint32_t id)
 {
     if (!st)
         return;
-    free(map_pop(&st->surfaces, id));
+    surface_free(map_pop(&st->surfaces, id));
 }
 
 void sf_set_scale(struct sf_state *st, uint32_t id, int32_t scale)
@@ -438,11 +457,18 @@ static uint32_t transfer(struct sf_state *st, struct sf_buffer *b, struct sf_reg
     return k;
 }
 
+static uint32_t transfer_into(struct sf_state *st, struct sf_buffer *b, struct sf_region *g, struct sf_pool **pool)
+{
+    *pool = b->pool;
+    st->nout = transfer(st, b, g);
+    return st->nout;
+}
+
 static struct sf_region *hist_find(struct sf_surface *s, uint32_t id, uint32_t gen)
 {
     for (uint32_t i = 0; i < s->nhist; i++)
-        if (s->hist_id[i] == id && s->hist_gen[i] == gen)
-            return &s->hist[i];
+        if (s->hist->id[i] == id && s->hist->gen[i] == gen)
+            return &s->hist->missed[i];
     return NULL;
 }
 
@@ -484,23 +510,24 @@ uint32_t sf_commit(struct sf_state *st, uint32_t id, struct sf_pool **pool)
         region = *mine;
     region_union(&region, &damage);
     for (uint32_t i = 0; i < s->nhist; i++)
-        if (&s->hist[i] != mine)
-            region_union(&s->hist[i], &damage);
+        if (&s->hist->missed[i] != mine)
+            region_union(&s->hist->missed[i], &damage);
     if (!mine) { /* remember it; a full list forgets the oldest (sent whole when next attached) */
+        struct sf_hist *h = s->hist ? s->hist : (s->hist = calloc(1, sizeof *s->hist));
+        if (!h) /* no memory: this buffer is sent whole every time */
+            return transfer_into(st, b, &region, pool);
         if (s->nhist == SF_HIST) {
-            memmove(s->hist_id, s->hist_id + 1, (SF_HIST - 1) * sizeof *s->hist_id);
-            memmove(s->hist_gen, s->hist_gen + 1, (SF_HIST - 1) * sizeof *s->hist_gen);
-            memmove(s->hist, s->hist + 1, (SF_HIST - 1) * sizeof *s->hist);
+            memmove(h->id, h->id + 1, (SF_HIST - 1) * sizeof *h->id);
+            memmove(h->gen, h->gen + 1, (SF_HIST - 1) * sizeof *h->gen);
+            memmove(h->missed, h->missed + 1, (SF_HIST - 1) * sizeof *h->missed);
             s->nhist--;
         }
         uint32_t i = s->nhist++;
-        s->hist_id[i] = s->buffer, s->hist_gen[i] = b->gen;
-        mine = &s->hist[i];
+        h->id[i] = s->buffer, h->gen[i] = b->gen;
+        mine = &h->missed[i];
     }
     region_clear(mine);
-    *pool = b->pool;
-    st->nout = transfer(st, b, &region);
-    return st->nout;
+    return transfer_into(st, b, &region, pool);
 }
 
 /* -- the read-and-forward path ------------------------------------------------ */
