@@ -26,8 +26,11 @@ static void frame_header(uint8_t *h, uint32_t len, uint16_t type, uint32_t chann
  * that pass, without fds, within r->room and r->link_fd >= 0: write
  * r->prefix, a DATA frame header and the messages to the link with one
  * writev (r->forwarded, r->written; the caller drops them from the buffer).
- * Otherwise the records are left in `out` for the caller (r->nrecs,
- * r->consumed) and the buffer is untouched but for the new bytes. */
+ * With r->sf, records that are a frame's wl_surface requests are applied to
+ * that model (r->applied, see sf_apply) and go the same way, the commit's
+ * pixels as SHM_DATA frames before it when they are small; else the caller
+ * queues them.  Otherwise the records are left in `out` for the caller
+ * (r->nrecs, r->consumed) and the buffer is untouched but for the new bytes. */
 void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t cap, uint32_t *filled,
                      int32_t *fds, uint32_t fds_cap, struct fp_read *r, struct wlc_rec *out, uint32_t out_cap)
 {

@@ -26,7 +26,10 @@ struct sf_buffer {
     struct sf_region stale;    /* the shadow is out of date here (after DIRECT commits) */
 };
 
-struct sf_hist;
+struct sf_missed {             /* damage a buffer missed while another was attached */
+    uint32_t id, gen;
+    struct sf_region region;
+};
 
 struct sf_surface {
     int64_t pending;           /* buffer attached since the last commit (0: null); -1: none */
@@ -34,12 +37,7 @@ struct sf_surface {
     uint32_t viewport, buffer;
     struct sf_region sdamage, bdamage;
     uint32_t nhist;
-    struct sf_hist *hist; /* made at the first commit with a buffer (most surfaces never get one) */
-};
-
-struct sf_hist {
-    uint32_t id[SF_HIST], gen[SF_HIST];
-    struct sf_region missed[SF_HIST]; /* damage each buffer missed while another was attached */
+    struct sf_missed *hist;    /* SF_HIST entries, made at the first commit with a buffer */
 };
 
 /* object id -> pointer, open addressing (ids come from the client) */
@@ -54,7 +52,6 @@ struct sf_state {
     struct map surfaces, buffers;
     uint32_t diff, gen;
     uint16_t iface, op_attach, op_damage, op_damage_buffer, op_commit;
-    uint32_t nout;
 };
 
 /* scratch shared by every state: the guest half is one thread */
@@ -270,6 +267,11 @@ void sf_set_ops(struct sf_state *st, uint16_t surface_iface, uint16_t attach, ui
     st->op_attach = attach, st->op_damage = damage, st->op_damage_buffer = damage_buffer, st->op_commit = commit;
 }
 
+static struct sf_surface *surface_of(struct sf_state *st, uint32_t id)
+{
+    return st ? map_get(&st->surfaces, id) : NULL;
+}
+
 int sf_surface_add(struct sf_state *st, uint32_t id)
 {
     if (!st)
@@ -291,27 +293,21 @@ void sf_surface_remove(struct sf_state *st, uint32_t id)
 
 void sf_set_scale(struct sf_state *st, uint32_t id, int32_t scale)
 {
-    if (!st)
-        return;
-    struct sf_surface *s = map_get(&st->surfaces, id);
+    struct sf_surface *s = surface_of(st, id);
     if (s)
         s->scale = scale < 1 ? 1 : scale;
 }
 
 void sf_set_transform(struct sf_state *st, uint32_t id, int32_t transform)
 {
-    if (!st)
-        return;
-    struct sf_surface *s = map_get(&st->surfaces, id);
+    struct sf_surface *s = surface_of(st, id);
     if (s)
         s->transform = transform;
 }
 
 void sf_set_viewport(struct sf_state *st, uint32_t id)
 {
-    if (!st)
-        return;
-    struct sf_surface *s = map_get(&st->surfaces, id);
+    struct sf_surface *s = surface_of(st, id);
     if (s)
         s->viewport = 1; /* surface damage no longer maps simply onto the buffer */
 }
@@ -337,26 +333,20 @@ void sf_buffer_remove(struct sf_state *st, uint32_t id)
 
 uint32_t sf_buffer_mode(struct sf_state *st, uint32_t id)
 {
-    if (!st)
-        return 2;
-    struct sf_buffer *b = map_get(&st->buffers, id);
+    struct sf_buffer *b = st ? map_get(&st->buffers, id) : NULL;
     return b ? b->mode : 2;
 }
 
 void sf_attach(struct sf_state *st, uint32_t id, uint32_t buffer)
 {
-    if (!st)
-        return;
-    struct sf_surface *s = map_get(&st->surfaces, id);
+    struct sf_surface *s = surface_of(st, id);
     if (s)
         s->pending = buffer;
 }
 
 void sf_damage(struct sf_state *st, uint32_t id, uint32_t in_buffer, int32_t x, int32_t y, int32_t w, int32_t h)
 {
-    if (!st)
-        return;
-    struct sf_surface *s = map_get(&st->surfaces, id);
+    struct sf_surface *s = surface_of(st, id);
     if (s)
         region_add(in_buffer ? &s->bdamage : &s->sdamage, x, y, w, h);
 }
@@ -457,28 +447,31 @@ static uint32_t transfer(struct sf_state *st, struct sf_buffer *b, struct sf_reg
     return k;
 }
 
-static uint32_t transfer_into(struct sf_state *st, struct sf_buffer *b, struct sf_region *g, struct sf_pool **pool)
-{
-    *pool = b->pool;
-    st->nout = transfer(st, b, g);
-    return st->nout;
-}
-
 static struct sf_region *hist_find(struct sf_surface *s, uint32_t id, uint32_t gen)
 {
     for (uint32_t i = 0; i < s->nhist; i++)
-        if (s->hist->id[i] == id && s->hist->gen[i] == gen)
-            return &s->hist->missed[i];
+        if (s->hist[i].id == id && s->hist[i].gen == gen)
+            return &s->hist[i].region;
     return NULL;
+}
+
+/* A new entry for buffer `id`; a full list forgets the oldest (sent whole when
+ * next attached).  NULL without memory (this buffer is then always sent whole). */
+static struct sf_region *hist_add(struct sf_surface *s, uint32_t id, uint32_t gen)
+{
+    if (!s->hist && !(s->hist = calloc(SF_HIST, sizeof *s->hist)))
+        return NULL;
+    if (s->nhist == SF_HIST)
+        memmove(s->hist, s->hist + 1, (--s->nhist) * sizeof *s->hist);
+    struct sf_missed *m = &s->hist[s->nhist++];
+    m->id = id, m->gen = gen;
+    return &m->region;
 }
 
 uint32_t sf_commit(struct sf_state *st, uint32_t id, struct sf_pool **pool)
 {
     *pool = NULL;
-    if (!st)
-        return 0;
-    struct sf_surface *s = map_get(&st->surfaces, id);
-    st->nout = 0;
+    struct sf_surface *s = surface_of(st, id);
     if (!s)
         return 0;
     int attached = s->pending >= 0;
@@ -510,24 +503,14 @@ uint32_t sf_commit(struct sf_state *st, uint32_t id, struct sf_pool **pool)
         region = *mine;
     region_union(&region, &damage);
     for (uint32_t i = 0; i < s->nhist; i++)
-        if (&s->hist->missed[i] != mine)
-            region_union(&s->hist->missed[i], &damage);
-    if (!mine) { /* remember it; a full list forgets the oldest (sent whole when next attached) */
-        struct sf_hist *h = s->hist ? s->hist : (s->hist = calloc(1, sizeof *s->hist));
-        if (!h) /* no memory: this buffer is sent whole every time */
-            return transfer_into(st, b, &region, pool);
-        if (s->nhist == SF_HIST) {
-            memmove(h->id, h->id + 1, (SF_HIST - 1) * sizeof *h->id);
-            memmove(h->gen, h->gen + 1, (SF_HIST - 1) * sizeof *h->gen);
-            memmove(h->missed, h->missed + 1, (SF_HIST - 1) * sizeof *h->missed);
-            s->nhist--;
-        }
-        uint32_t i = s->nhist++;
-        h->id[i] = s->buffer, h->gen[i] = b->gen;
-        mine = &h->missed[i];
-    }
-    region_clear(mine);
-    return transfer_into(st, b, &region, pool);
+        if (&s->hist[i].region != mine)
+            region_union(&s->hist[i].region, &damage);
+    if (!mine)
+        mine = hist_add(s, s->buffer, b->gen);
+    if (mine)
+        region_clear(mine);
+    *pool = b->pool;
+    return transfer(st, b, &region);
 }
 
 /* -- the read-and-forward path ------------------------------------------------ */

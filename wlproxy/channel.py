@@ -37,6 +37,7 @@ class Channel:
     ``(interface, message) -> method``; those messages are intercepted."""
 
     local_dir: int = 0
+    sf = None  # the guest's surface model (C), which read_forward applies a frame's requests to
 
     def __init__(self, owner, ch: int, sock: socket.socket, *, window: int, peer_window: int,
                  max_message: int = 4096, name: str = ""):
@@ -103,8 +104,7 @@ class Channel:
         used = r.forwarded
         if used:
             self.unacked += used
-            w.sent_directly(prefix, lambda: self._frames_of(r, used) if r.applied else
-                            [link.header(link.DATA, self.ch, used), s.view[:used]], r.written, r.total)
+            w.sent_directly(prefix, r.written, r.total, lambda: self._frames_of(r, used))
             s.consume(used)
         elif r.applied:
             self._queue_applied(r)
@@ -115,11 +115,9 @@ class Channel:
                 return
         self.flush()
 
-    sf = None  # the guest's surface model (C), which read_forward applies a frame's requests to
-
     def _frames_of(self, r, used: int) -> list:
-        """The link frames a forwarded read with applied requests went out as (for a short write)."""
-        raise NotImplementedError
+        """The link frames after the prefix that a forwarded read went out as (for a short write)."""
+        return [link.header(link.DATA, self.ch, used), self.local.view[:used]]
 
     def _queue_applied(self, r) -> None:
         """A read whose requests the C surface model applied, not forwarded: queue it."""

@@ -15,7 +15,6 @@ import socket
 import struct
 
 from wlproxy import bridges, link
-from wlproxy._codec import ffi
 from wlproxy.channel import Channel
 from wlproxy.cli import UserError
 from wlproxy.codec import IMPLEMENTATION, INVALID_METHOD, Record
@@ -206,25 +205,21 @@ class GuestChannel(Channel):
         self.queue_data(data)
 
     # -- a frame the C surface model applied (Channel._read_local) ------------
-    def _applied_pixels(self, r) -> Transfer | None:
-        return self.surfaces.spans(r.nspans, r.pool)
-
     def _frames_of(self, r, used: int) -> list:
-        view = self.local.view
-        t = self._applied_pixels(r)
+        t = self.surfaces.spans(r.nspans, r.pool) if r.applied else None
         if t is None:
-            return [link.header(link.DATA, self.ch, used), view[:used]]
+            return super()._frames_of(r, used)
+        view = self.local.view
         out = [link.header(link.DATA, self.ch, r.split), view[:r.split]] if r.split else []
         mm = t.pool.mm
         for off, n in t.spans:
             out += [link.shm_data_header(self.ch, t.pool.key, off, n), mm[off:off + n]]
         return out + [link.header(link.DATA, self.ch, used - r.split), view[r.split:used]]
 
-
     def _queue_applied(self, r) -> None:
         used = r.consumed
         view = self.local.view
-        t = self._applied_pixels(r)
+        t = self.surfaces.spans(r.nspans, r.pool)
         split = r.split if t is not None else used
         if split:
             self.queue_data(view[:split])
@@ -259,7 +254,7 @@ class GuestChannel(Channel):
         self.queue_data(data)
 
     def release(self) -> None:
-        self.sf = ffi.NULL
+        self.sf = None
         self.surfaces.close()
         for pool in set(self.pools.values()) | set(self.buffers.values()):
             pool.release()

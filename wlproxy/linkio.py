@@ -123,11 +123,11 @@ class LinkWriter:
         """The control frames waiting for the next write (held-back credits)."""
         return b"".join(self._urgent) if self._urgent else b""
 
-    def sent_directly(self, prefix: bytes, frames, written: int, total: int = -1) -> None:
-        """``prefix`` (what ``held`` gave), then the buffers of ``frames`` (a
-        list, or a function making it) were written to the link outside the
-        writer (``written`` of their ``total`` bytes, or -errno): keep the rest
-        as the frames in flight."""
+    def sent_directly(self, prefix: bytes, written: int, total: int, frames: Callable[[], list]) -> None:
+        """``prefix`` (what ``held`` gave) and link frames, ``total`` bytes in
+        all, were written to the link outside the writer (``written`` bytes of
+        them, or -errno).  After a short write, ``frames()`` gives the buffers
+        that followed the prefix: the rest is kept as the frames in flight."""
         if prefix:
             self._urgent.clear()
             self.queued_bytes -= len(prefix)
@@ -138,12 +138,8 @@ class LinkWriter:
                 self.on_error(f"link write failed: {os.strerror(-written)}")
                 return
             written = 0
-        if 0 <= total <= written:
-            return
-        if callable(frames):
-            frames = frames()
-        if written < len(prefix) + sum(len(b) for b in frames):
-            self._inflight = [memoryview(b"".join([prefix, *map(bytes, frames)])[written:])]
+        if written < total:
+            self._inflight = [memoryview(b"".join([prefix, *map(bytes, frames())])[written:])]
             self._wait()
 
     def drop_channel(self, channel: int) -> None:
@@ -238,9 +234,7 @@ class LinkWriter:
             if written >= FLUSH_SLICE:
                 # a large frame is going out: let the loop read what came meanwhile (another
                 # client's request joins the next gather instead of waiting for the whole frame)
-                if not self._soon:
-                    self._soon = True
-                    self.loop.call_soon(self._soon_flush)
+                self._kick_soon()
                 return
             bufs, total = self._gather()
             if not bufs:

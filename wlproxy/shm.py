@@ -136,6 +136,7 @@ class Surfaces:
         lib.sf_set_ops(self.c, surface.index, *(surface.message(0, m).opcode
                                                for m in ("attach", "damage", "damage_buffer", "commit")))
         self._pools: dict[int, GuestPool] = {}  # address of pool.c -> pool, for the spans of a commit
+        self._pool_out = ffi.new("struct sf_pool **")
 
     def _pool_of(self, cpool) -> GuestPool | None:
         return self._pools.get(int(ffi.cast("uintptr_t", cpool)))
@@ -182,9 +183,8 @@ class Surfaces:
 
     def commit(self, sid: int) -> Transfer | None:
         """The pixels this commit sends, if any."""
-        out = ffi.new("struct sf_pool **")
-        n = lib.sf_commit(self.c, sid, out)
-        return self.spans(n, out[0])
+        n = lib.sf_commit(self.c, sid, self._pool_out)
+        return self.spans(n, self._pool_out[0])
 
     def spans(self, n: int, cpool) -> Transfer | None:
         """The ``n`` spans the last commit left (in ``cpool``), as a Transfer."""
