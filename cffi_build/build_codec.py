@@ -9,8 +9,8 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["wlcodec.c", "shm.c", "surface.c", "fastpath.c"]
-HEADERS = ["wlcodec.h", "shm.h", "surface.h", "fastpath.h"]
+SOURCES = ["wlcodec.c", "shm.c", "surface.c", "fastpath.c", "fastloop.c"]
+HEADERS = ["wlcodec.h", "shm.h", "surface.h", "fastpath.h", "fastloop.h"]
 
 
 def _cdef_text() -> str:

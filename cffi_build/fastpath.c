@@ -12,7 +12,7 @@
 #include "surface.h"
 #include "fastpath.h"
 
-static void frame_header(uint8_t *h, uint32_t len, uint16_t type, uint32_t channel)
+void fp_frame_header(uint8_t *h, uint32_t len, uint16_t type, uint32_t channel)
 {
     uint16_t flags = 0;
     memcpy(h, &len, 4); /* little-endian hosts only, as the rest of the link code */
@@ -108,13 +108,13 @@ void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t
     if (r->prefix_len)
         w[nw++] = (struct iovec){(void *)r->prefix, r->prefix_len};
     if (before) {
-        frame_header(hdr[0], before, FP_LINK_DATA, r->channel);
+        fp_frame_header(hdr[0], before, FP_LINK_DATA, r->channel);
         w[nw++] = (struct iovec){hdr[0], 12};
         w[nw++] = (struct iovec){buf, before};
     }
     for (uint32_t i = 0; i < r->nspans; i++) {
         uint32_t zero = 0;
-        frame_header(shm[i], 16 + spans[i].len, FP_LINK_SHM_DATA, r->channel);
+        fp_frame_header(shm[i], 16 + spans[i].len, FP_LINK_SHM_DATA, r->channel);
         memcpy(shm[i] + 12, &r->pool->key, 4);
         memcpy(shm[i] + 16, &zero, 4);
         memcpy(shm[i] + 20, &spans[i].offset, 8);
@@ -122,7 +122,7 @@ void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t
         w[nw++] = (struct iovec){(void *)(r->pool->mm + spans[i].offset), spans[i].len};
     }
     if (used > before) {
-        frame_header(hdr[1], used - before, FP_LINK_DATA, r->channel);
+        fp_frame_header(hdr[1], used - before, FP_LINK_DATA, r->channel);
         w[nw++] = (struct iovec){hdr[1], 12};
         w[nw++] = (struct iovec){buf + before, used - before};
     }

@@ -1,5 +1,8 @@
 /* fastpath: validate-and-forward in one call, for bytes that need no Python. */
 
+/* A link frame's 12-byte header at h. */
+void fp_frame_header(uint8_t *h, uint32_t len, uint16_t type, uint32_t channel);
+
 /* One read from a local Wayland connection, forwarded to the link when it
  * needs nothing from Python; see fp_read_forward. */
 struct fp_read {
@@ -32,6 +35,8 @@ void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t
 #define FP_LINK_CREDIT 6
 #define FP_LINK_SHM_DATA 8
 
+struct fl_acct;
+
 /* Link input: DATA and CREDIT frames for channels that need nothing from
  * Python, handled in one call per read; see fp_link_scan. */
 struct fp_chan {
@@ -40,11 +45,24 @@ struct fp_chan {
     uint32_t ch;      /* channel id; 0: slot free */
     uint8_t dir;      /* direction of the messages the link brings */
     uint8_t fast;     /* 1: nothing of this channel is buffered or queued in Python */
-    uint16_t pad;
+    uint8_t lfast;    /* 1: nothing of its local input is buffered, queued or paused in Python */
+    uint8_t pad;
     uint32_t room;    /* DATA bytes the peer may send before it runs out of credit */
     uint32_t data;    /* out: DATA bytes taken */
     uint32_t credit;  /* out: CREDIT granted */
     uint32_t touched; /* out: listed in fp_scan.touched */
+    /* the channel's side of the credit window (the fast loop keeps them, fastloop.c) */
+    uint32_t unacked;      /* DATA bytes sent the peer has not credited back */
+    uint32_t peer_window;
+    /* what the fast loop reads the local socket with: the codec's buffers for fp_read_forward */
+    struct fp_read *rd;
+    uint8_t *lbuf;
+    uint32_t lcap;
+    uint32_t *lfilled;
+    int32_t *lfds;         /* FL_FDS_PER_READ of them */
+    struct wlc_rec *lrecs;
+    uint32_t lrcap;
+    struct fl_acct *acct;  /* host: the client's request rate and object count; NULL: none */
 };
 #define FP_SCAN_TOUCHED 64
 #define FP_RUN_MAX 64

@@ -18,6 +18,7 @@ import socket
 from typing import TYPE_CHECKING, Callable
 
 from wlproxy import link
+from wlproxy._codec import lib
 from wlproxy.codec import Codec, Record
 from wlproxy.fdsock import FdSocket, StreamIn, close_fds
 from wlproxy.relay import dispatch, pump
@@ -38,6 +39,7 @@ class Channel:
 
     local_dir: int = 0
     sf = None  # the guest's surface model (C), which read_forward applies a frame's requests to
+    acct = None  # the host's accounting of the client's requests (C), which the fast loop updates
 
     def __init__(self, owner, ch: int, sock: socket.socket, *, window: int, peer_window: int,
                  max_message: int = 4096, name: str = ""):
@@ -50,7 +52,7 @@ class Channel:
         self._by_index: tuple[dict, dict] = ({}, {})  # the handlers by (interface index, opcode)
         self.window = window          # what we let the peer have outstanding
         self.peer_window = peer_window  # what the peer lets us have outstanding
-        self.unacked = 0
+        self._unacked = 0  # DATA sent the peer has not credited back (in the slot, when there is one)
         self.pending: collections.deque[list] = collections.deque()
         self.remote_in = StreamIn(window + max_message)
         self.remote_new_fds = 0
@@ -73,23 +75,69 @@ class Channel:
                 i = proto[iface]
                 by_index[(i.index, i.message(direction, msg).opcode)] = handler
 
+    @property
+    def unacked(self) -> int:
+        sl = self.slot
+        return self._unacked if sl is None else sl.unacked
+
+    @unacked.setter
+    def unacked(self, n: int) -> None:
+        sl = self.slot
+        if sl is None:
+            self._unacked = n
+        else:
+            sl.unacked = n
+
+    def slot_unacked(self, sl) -> None:
+        """The count moves into the C slot ``sl`` (None: out of the one it was in)."""
+        if sl is None:
+            self._unacked = self.slot.unacked
+        else:
+            sl.unacked = self._unacked
+
+    def c_event(self, kind: int, arg: int) -> None:
+        """What C's fast loop left to Python on the local socket."""
+        if kind == lib.FL_EV_LOCAL:
+            self._read_local(True)
+
+    def sync_lfast(self) -> None:
+        """Tell C's fast loop whether it may read the local socket itself: only
+        when nothing of the local input is buffered, queued or paused here."""
+        sl = self.slot
+        if sl is not None:
+            s = self.local
+            sl.lfast = not (self.closed or self.pending or s.paused or s.filled or s.fds or s.closed)
+
     # -- local -> link -----------------------------------------------------
-    def _read_local(self) -> None:
-        """The local socket is readable: one C call reads, validates and, in the
-        common case (one run of plain messages, or a frame's wl_surface requests
-        with small pixels, nothing queued before it), writes them to the link;
-        anything else goes through the records."""
+    def _read_local(self, c_read: bool = False) -> None:
+        """The local socket is readable (``c_read``: C's fast loop read it and
+        left the result): one C call reads, validates and, in the common case
+        (one run of plain messages, or a frame's wl_surface requests with small
+        pixels, nothing queued before it), writes them to the link; anything
+        else goes through the records."""
         s = self.local
         if self.closed:
             return
         w = self.owner.writer
         prefix = b""
-        if not self.pending and w.direct_ok(self.ch):
+        if c_read:
+            r = self.codec.after_read(s)
+            if r.forwarded:
+                prefix = w.held()
+        elif not self.pending and w.direct_ok(self.ch):
             prefix = w.held()
             room = max(0, min(self.peer_window - self.unacked, link.Limits.max_data))
             r = self.codec.read_forward(self.local_dir, s.fd, s, w.fd, self.ch, room, prefix, self.sf)
         else:
             r = self.codec.read_forward(self.local_dir, s.fd, s, sf=self.sf)
+        try:
+            self._after_read(r, prefix)
+        finally:
+            self.sync_lfast()
+
+    def _after_read(self, r, prefix: bytes) -> None:
+        s = self.local
+        w = self.owner.writer
         n = r.nread
         if n < 0:
             if -n not in (errno.EAGAIN, errno.EINTR):
@@ -175,6 +223,7 @@ class Channel:
             self.local.pause_reading()
         else:
             self.local.resume_reading()
+        self.sync_lfast()
 
     def credit(self, n: int) -> None:
         if n > self.unacked:

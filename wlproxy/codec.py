@@ -18,7 +18,7 @@ from wlproxy._codec import ffi, lib
 from wlproxy.protocol import ARG_TYPES, EVENT, REQUEST, Interface, Message, Protocol, load
 
 PASS, MSG, ERROR = lib.WLC_REC_PASS, lib.WLC_REC_MSG, lib.WLC_REC_ERROR
-FDS_PER_READ = 253  # what one recvmsg may carry (SCM_MAX_FD)
+FDS_PER_READ = lib.FL_FDS_PER_READ  # what one recvmsg may carry (SCM_MAX_FD)
 SERVER_ID_START = 0xFF000000
 DEFAULT_MAX_MESSAGE = 4096
 DEFAULT_MAX_OBJECTS = 1 << 20
@@ -199,10 +199,28 @@ class Codec:
         filled[0] = src.filled
         lib.fp_read_forward(self._conn, direction, fd, src.cbuf, len(src.rbuf), filled, self._fds, FDS_PER_READ,
                             r, self._recs, self._cap)
-        src.filled = filled[0]
+        return self.after_read(src)
+
+    def after_read(self, src):
+        """The last ``read_forward`` (made here or by C's fast loop): its bytes
+        and fds join ``src``; returns its ``struct fp_read``."""
+        r = self._read
+        src.filled = self._filled[0]
         if r.nfds:
             src.fds.extend(ffi.unpack(self._fds, r.nfds))
         return r
+
+    def fast_read_into(self, slot, src, sf=None) -> None:
+        """Let C's fast loop read ``src``'s socket with this codec's buffers
+        (``slot`` is the channel's ``struct fp_chan``)."""
+        self._read.sf = sf if sf else ffi.NULL
+        slot.rd = self._read
+        slot.lbuf = src.cbuf
+        slot.lcap = len(src.rbuf)
+        slot.lfilled = self._filled
+        slot.lfds = self._fds
+        slot.lrecs = self._recs
+        slot.lrcap = self._cap
 
     def records_after_read(self, direction: int, src) -> tuple[list[Record], int]:
         """The records of the last ``read_forward`` that did not forward, as ``feed`` gives them."""

@@ -19,6 +19,7 @@ import time
 import unicodedata
 
 from wlproxy import bridges, link, policy, wire
+from wlproxy._codec import ffi, lib
 from wlproxy.channel import Channel
 from wlproxy.cli import UserError
 from wlproxy.codec import IMPLEMENTATION, INVALID_METHOD, INVALID_OBJECT, NO_MEMORY, Record, default_tables
@@ -90,10 +91,14 @@ class HostChannel(Channel):
         self.visible: dict[int, tuple[str, int]] = {}  # global name -> (interface, capped version)
         self.hidden: set[int] = set()
         self.policy: policy.Policy = owner.server.policy
-        self.objects = 0            # live objects, as last added to the VM's total
-        self.msgs_seen = 0          # requests counted so far (for the rate limit)
-        self.tokens = float(owner.limits_host.message_burst)
-        self.t_last = time.monotonic()
+        # request rate and object count, kept in C (the fast loop accounts for what it forwards)
+        lim = owner.limits_host
+        a = self.acct = ffi.new("struct fl_acct *")
+        a.tokens = a.burst = float(lim.message_burst)
+        a.rate = float(lim.messages_per_second)
+        a.t_last = time.monotonic()
+        a.vm_objects = owner.server.vm_objects
+        a.vm_limit = lim.objects_per_vm
         r, e = self.handlers[REQUEST], self.handlers[EVENT]
         r[("wl_registry", "bind")] = self.bind
         # identity: every title carries the VM's tag, every app_id its namespace
@@ -175,11 +180,18 @@ class HostChannel(Channel):
         if self.closed:
             raise _Closed
 
-    def _read_local(self) -> None:
+    def _read_local(self, c_read: bool = False) -> None:
         try:
-            super()._read_local()
+            super()._read_local(c_read)
         except _Closed:
             pass
+
+    def c_event(self, kind: int, arg: int) -> None:
+        if kind == lib.FL_EV_ACCOUNT:
+            if not self.closed:
+                self.account_failed(arg)
+        else:
+            super().c_event(kind, arg)
 
     # -- per-client accounting: message rate, the VM's object total -----------
     def flush(self) -> None:
@@ -205,21 +217,18 @@ class HostChannel(Channel):
             self.account()
 
     def account(self) -> None:
+        rc = lib.fl_account(self.acct, self.codec.c_conn)
+        if rc != lib.FL_ACCT_OK:
+            self.account_failed(rc)
+
+    def account_failed(self, rc: int) -> None:
+        """The client went over its request rate (``FL_ACCT_RATE``) or its VM over its object total."""
         lim = self.owner.limits_host
-        n = self.codec.message_count(REQUEST)
-        now = time.monotonic()
-        self.tokens = min(float(lim.message_burst), self.tokens + (now - self.t_last) * lim.messages_per_second)
-        self.tokens -= n - self.msgs_seen
-        self.t_last, self.msgs_seen = now, n
-        objs = self.codec.object_count
-        server = self.owner.server
-        server.objects += objs - self.objects
-        self.objects = objs
-        if self.tokens < 0:
+        if rc == lib.FL_ACCT_RATE:
             self.client_error(1, IMPLEMENTATION, f"message rate over {lim.messages_per_second}/s "
                               f"(burst {lim.message_burst})", audit_event="limit_hit",
                               limit="messages_per_second", value=lim.messages_per_second)
-        elif server.objects > lim.objects_per_vm:
+        else:
             self.client_error(1, NO_MEMORY, f"VM {self.owner.vm} is over its limit of {lim.objects_per_vm} objects",
                               audit_event="limit_hit", limit="objects_per_vm", value=lim.objects_per_vm)
 
@@ -495,8 +504,9 @@ class HostChannel(Channel):
         self.local.write(data, fds)
 
     def release(self) -> None:
-        self.owner.server.objects -= self.objects
-        self.objects = 0
+        a = self.acct
+        a.vm_objects[0] -= a.objects
+        a.objects = 0
         for pool in self.pools.values():
             self._account(-pool.size)
             self.owner.pool_remove(pool)
@@ -626,12 +636,16 @@ class HostServer:
         self.links: set[HostLink] = set()
         self.count = 0
         self.pool_bytes = 0  # shm pool bytes of all the VM's clients
-        self.objects = 0     # live objects of all the VM's clients
+        self.vm_objects = ffi.new("int64_t *")  # live objects of all the VM's clients (C: fl_account)
         self._caps: dict[str, int | None] = {}
         if is_listening(sock):
             loop.add_reader(sock.fileno(), self._accept)
         else:
             self._start(sock)
+
+    @property
+    def objects(self) -> int:
+        return int(self.vm_objects[0])
 
     def global_cap(self, iface: str) -> int | None:
         """The version cap of ``iface`` for this VM's clients, or None: hidden.

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 import socket
 
+from wlproxy._codec import ffi, lib
 from wlproxy.link import HEADER_SIZE, SHM_HEADER, LinkDecoder, LinkError, ShmChunk
 from wlproxy.loop import Loop
 
@@ -69,10 +70,13 @@ class LinkWriter:
         self.closed = False
         self._waiting = False
         self._soon = False
-        self._lazy_value = 0
         self._held_bulk = False
         self._no_outq = False
         self.on_drain: Callable[[], None] | None = None
+        # the link as C's fast loop sees it; the held CREDIT frames live in it
+        self.c = ffi.new("struct fl_link *")
+        self.c.fd = fd
+        self.c.lazy_max = LAZY_CREDIT
         tune_socket(fd)
 
     def send_credit(self, data: bytes, value: int) -> None:
@@ -80,17 +84,24 @@ class LinkWriter:
         the peer (so it costs the peer no wake-up of its own), unless the
         credit held back reaches LAZY_CREDIT, which keeps every peer far
         from its window."""
-        self._urgent.append(data)
-        self.queued_bytes += len(data)
-        self._lazy_value += value
-        if self._lazy_value >= LAZY_CREDIT:
-            self._kick()
+        c = self.c
+        n = c.held_len
+        if n + len(data) > lib.FL_HELD:
+            self._urgent.append(data)
+            self.queued_bytes += len(data)
+            self.kick()
+            return
+        ffi.memmove(c.held + n, data, len(data))
+        c.held_len = n + len(data)
+        c.lazy += value
+        if c.lazy >= LAZY_CREDIT:
+            self.kick()
 
     def send_urgent(self, data: bytes) -> None:
         """Control frames (credits, hello, close) go ahead of channel traffic."""
         self._urgent.append(data)
         self.queued_bytes += len(data)
-        self._kick()
+        self.kick()
 
     def send(self, channel: int, data: bytes) -> None:
         q = self._queues.get(channel)
@@ -121,7 +132,20 @@ class LinkWriter:
 
     def held(self) -> bytes:
         """The control frames waiting for the next write (held-back credits)."""
-        return b"".join(self._urgent) if self._urgent else b""
+        n = self.c.held_len
+        held = ffi.buffer(self.c.held, n)[:] if n else b""
+        return held + b"".join(self._urgent) if self._urgent else held
+
+    def _take_held(self) -> None:
+        self.c.held_len = self.c.lazy = 0
+        if self._urgent:
+            self.queued_bytes -= sum(map(len, self._urgent))
+            self._urgent.clear()
+
+    def idle_for_c(self) -> bool:
+        """Nothing queued, in flight or waited for: C's fast loop may write
+        frames (and the held credits) to the link itself."""
+        return not (self.closed or self._waiting or self._soon or self._inflight or self._urgent or self._ready)
 
     def sent_directly(self, prefix: bytes, written: int, total: int, frames: Callable[[], list]) -> None:
         """``prefix`` (what ``held`` gave) and link frames, ``total`` bytes in
@@ -129,9 +153,7 @@ class LinkWriter:
         them, or -errno).  After a short write, ``frames()`` gives the buffers
         that followed the prefix: the rest is kept as the frames in flight."""
         if prefix:
-            self._urgent.clear()
-            self.queued_bytes -= len(prefix)
-            self._lazy_value = 0
+            self._take_held()
         if written < 0:
             if -written not in (errno.EAGAIN, errno.EINTR):
                 self.closed = True
@@ -152,7 +174,8 @@ class LinkWriter:
             except ValueError:
                 pass
 
-    def _kick(self) -> None:
+    def kick(self) -> None:
+        """Write what is queued now (the held credit too), unless the link is full."""
         if not self._waiting and not self.closed:
             self._flush()
 
@@ -176,12 +199,16 @@ class LinkWriter:
 
     def _soon_flush(self) -> None:
         self._soon = False
-        self._kick()
+        self.kick()
 
     def _gather(self) -> tuple[list, int]:
         bufs: list = self._inflight
         total = sum(len(b) for b in bufs) if bufs else 0
-        self._lazy_value = 0
+        n = self.c.held_len
+        if n:
+            bufs.append(memoryview(ffi.buffer(self.c.held, n)[:]))
+            total += n
+            self.c.held_len = self.c.lazy = 0
         while self._urgent and total < GATHER_BYTES and len(bufs) < IOV_MAX:
             b = self._urgent.popleft()
             self.queued_bytes -= len(b)
@@ -286,7 +313,7 @@ class LinkWriter:
 
     @property
     def idle(self) -> bool:
-        return not (self._inflight or self._urgent or self._ready)
+        return not (self._inflight or self._urgent or self._ready or self.c.held_len)
 
 
 class LinkReader:
@@ -297,7 +324,7 @@ class LinkReader:
                  on_events: Callable[[list], None], on_error: Callable[[str], None],
                  on_violation: Callable[[str], None],
                  resolve: Callable[[int, int, int, int], memoryview | None] | None = None,
-                 bufsize: int = 1 << 18, scan: Callable[[int], int] | None = None):
+                 bufsize: int = 1 << 18, scan: Callable[[int, bool], int] | None = None):
         self.loop = loop
         self.fd = fd
         self.decoder = decoder
@@ -305,33 +332,50 @@ class LinkReader:
         self.on_error = on_error
         self.on_violation = on_violation
         self.resolve = resolve
-        self.scan = scan  # scan(n): takes the frames it can handle at the start of view[:n]; returns their bytes
+        # scan(n, done): takes the frames it can handle at the start of view[:n] (done: C's
+        # fast loop ran it already); returns their bytes
+        self.scan = scan
         self.buf = bytearray(bufsize)
         self.view = memoryview(self.buf)
         self.closed = False
         self._headers_next = False
         self._asked = 0
-        self.bytes_in = 0
         loop.add_reader(fd, self._readable)
 
-    def _readable(self) -> None:
-        """Read until the fd runs dry or READ_BUDGET bytes came in."""
+    @property
+    def idle_for_c(self) -> bool:
+        """The next byte starts a frame: C's fast loop may read into ``buf`` from its start."""
+        return not (self.closed or self._headers_next or self.scan is None) and self.decoder.idle()
+
+    def c_read(self, n: int) -> None:
+        """C's fast loop read ``n`` bytes into ``buf`` and scanned them: go on from there."""
+        self._readable(n)
+
+    def _readable(self, scanned: int = 0) -> None:
+        """Read until the fd runs dry or READ_BUDGET bytes came in; with
+        ``scanned``, C's fast loop already read that many bytes into ``buf``
+        and ran the scan over them (``scan`` applies its results)."""
         got = 0
         while not self.closed and got < READ_BUDGET:
-            try:
-                n, fresh = self._read_once()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:
-                self.closed = True
-                self.on_error(f"link read failed: {e.strerror}")
-                return
+            if scanned:
+                n = fresh = scanned
+                self._asked = len(self.view)
+            else:
+                try:
+                    n, fresh = self._read_once()
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as e:
+                    self.closed = True
+                    self.on_error(f"link read failed: {e.strerror}")
+                    return
             if n == 0:
                 self._eof()
                 return
             got += n
             if fresh and self.scan is not None and self.decoder.idle():
-                k = self.scan(fresh)
+                k = self.scan(fresh, bool(scanned))
+                scanned = 0
                 if self.closed:
                     return
                 fresh_view = self.view[k:fresh]
@@ -366,7 +410,6 @@ class LinkReader:
                 finally:
                     dest.release()  # the pool may be unmapped by whatever handles this read
                 if n:
-                    self.bytes_in += n
                     self.decoder.advance_direct(min(n, k))
                     self._headers_next = n == k
                 return n, max(0, n - k)
@@ -377,7 +420,6 @@ class LinkReader:
         else:
             self._asked = len(self.view)
             n = os.readv(self.fd, [self.view])
-        self.bytes_in += n
         return n, n
 
     def _eof(self) -> None:

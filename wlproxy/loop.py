@@ -1,4 +1,8 @@
-"""A small epoll event loop: fd readiness callbacks and timers, nothing more."""
+"""A small epoll event loop: fd readiness callbacks and timers, nothing more.
+
+It waits in C (``fl_poll``, ``cffi_build/fastloop.c``), which handles the
+readiness of links and local sockets registered with ``c_watch`` by itself
+when nothing of theirs waits in Python, and hands everything else back."""
 
 from __future__ import annotations
 
@@ -6,15 +10,20 @@ import gc
 import heapq
 import itertools
 import logging
+import math
 import os
 import select
 import signal
 import time
 from typing import Callable
 
+from wlproxy._codec import ffi, lib
+
 log = logging.getLogger("wlproxy.loop")
 
 Callback = Callable[[], None]
+CHandler = Callable[[int, int], None]  # (FL_EV_* kind, arg): what C left for Python on a watched fd
+C_EVENTS = 256  # room for one epoll batch and what C adds to it (fl_poll)
 
 
 class Timer:
@@ -39,6 +48,11 @@ class Loop:
         self._soon: list[Callback] = []
         self._running = False
         self.signalled = False
+        self.c = ffi.new("struct fl_loop *")
+        self.c.epfd = self._ep.fileno()
+        self._cev = ffi.new("struct fl_ev[]", C_EVENTS)
+        self._c_handlers: dict[int, CHandler] = {}
+        self._pre_poll: list[Callback] = []  # bring the flags C reads up to date before it waits
 
     def _update(self, fd: int) -> None:
         mask = (select.EPOLLIN if fd in self._readers else 0) | (select.EPOLLOUT if fd in self._writers else 0)
@@ -74,10 +88,31 @@ class Loop:
         """Drop every callback for ``fd`` (before it is closed)."""
         self._readers.pop(fd, None)
         self._writers.pop(fd, None)
+        self.c_unwatch(fd)
         try:
             self._ep.unregister(fd)
         except (FileNotFoundError, ValueError, OSError):
             pass
+
+    def c_watch(self, fd: int, kind: int, link, slot: int, handler: CHandler) -> None:
+        """Let C handle ``fd``'s input (``FL_ENT_LINK``: the link ``link``, a
+        ``struct fl_link``; ``FL_ENT_LOCAL``: the local socket of its channel
+        slot ``slot``) when the flags allow; ``handler(kind, arg)`` takes what
+        C hands back."""
+        if lib.fl_watch(self.c, fd, kind, link, slot) < 0:
+            raise MemoryError("fl_watch")
+        self._c_handlers[fd] = handler
+
+    def c_unwatch(self, fd: int) -> None:
+        if self._c_handlers.pop(fd, None) is not None:
+            lib.fl_unwatch(self.c, fd)
+
+    def add_pre_poll(self, cb: Callback) -> None:
+        self._pre_poll.append(cb)
+
+    def remove_pre_poll(self, cb: Callback) -> None:
+        if cb in self._pre_poll:
+            self._pre_poll.remove(cb)
 
     def call_later(self, delay: float, cb: Callback) -> Timer:
         t = Timer(time.monotonic() + delay, cb)
@@ -124,8 +159,23 @@ class Loop:
         elif self._timers:
             delay = max(0.0, self._timers[0][0] - time.monotonic())
             timeout = delay if timeout is None else min(timeout, delay)
-        events = self._ep.poll(-1 if timeout is None else timeout)
-        for fd, ev in events:
+        for cb in self._pre_poll:
+            cb()
+        n = lib.fl_poll(self.c, -1 if timeout is None else math.ceil(timeout * 1000), self._cev, C_EVENTS)
+        if n < 0:
+            raise OSError(-n, os.strerror(-n))
+        cev = self._cev
+        for i in range(n):
+            e = cev[i]
+            fd, ev, kind = e.fd, e.events, e.kind
+            if kind:
+                h = self._c_handlers.get(fd)
+                if h is not None:
+                    try:
+                        h(kind, e.arg)
+                    except Exception:
+                        log.exception("unhandled error in handler %r", h)
+                continue
             if ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                 cb = self._readers.get(fd)
                 if cb is not None:
@@ -157,4 +207,5 @@ class Loop:
             for fd in self._wakeup:
                 os.close(fd)
             self._wakeup = None
+        lib.fl_free(self.c)
         self._ep.close()

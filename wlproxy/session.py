@@ -61,16 +61,42 @@ class LinkSession:
         self.reader = LinkReader(loop, fd, self.decoder, self._events, self._io_error, self.fail,
                                  resolve=self.resolve_shm, scan=self._scan)
         self._link_cbuf = ffi.from_buffer(self.reader.buf)
+        # what C's fast loop needs to read the link and the channels' sockets by itself
+        L = self._fl = self.writer.c
+        L.buf = self._link_cbuf
+        L.cap = len(self.reader.buf)
+        L.nslots = SCAN_SLOTS
+        L.slots = self._slots
+        L.scan = self._scan_state
+        L.recs = self._scan_recs
+        L.rcap = SCAN_RECORDS
+        loop.c_watch(fd, lib.FL_ENT_LINK, L, 0, self._c_event)
+        loop.add_pre_poll(self._pre_poll)
         self.pipes = Pipes(loop, self._send_pipe, self.pipe_id_base)
         self.writer.send_urgent(link.hello_frame(window, f"wlproxy {self.side}"))
 
     # -- input ---------------------------------------------------------------
-    def _scan(self, n: int) -> int:
+    def _pre_poll(self) -> None:
+        L = self._fl
+        L.writer_idle = self.writer.idle_for_c()
+        L.reader_idle = self.reader.idle_for_c
+
+    def _c_event(self, kind: int, arg: int) -> None:
+        """What C's fast loop left to Python on the link fd."""
+        if kind == lib.FL_EV_LINK:
+            self.reader.c_read(self._fl.nread)
+        elif kind == lib.FL_EV_KICK:
+            self.writer.kick()
+
+    def _scan(self, n: int, done: bool = False) -> int:
         """Let C take the DATA, CREDIT (and on the host SHM_DATA) frames at the
-        start of the reader's ``view[:n]``; apply their results; returns the
-        bytes taken."""
+        start of the reader's ``view[:n]`` (``done``: C's fast loop did); apply
+        their results; returns the bytes taken."""
         st = self._scan_state
-        used = lib.fp_link_scan(self._slots, SCAN_SLOTS, self._link_cbuf, n, st, self._scan_recs, SCAN_RECORDS)
+        if done:
+            used = self._fl.scanned
+        else:
+            used = lib.fp_link_scan(self._slots, SCAN_SLOTS, self._link_cbuf, n, st, self._scan_recs, SCAN_RECORDS)
         if not st.ntouched:
             return used
         view = self.reader.view
@@ -137,17 +163,27 @@ class LinkSession:
         sl.ch = ch.ch
         sl.dir = ch.remote_dir
         sl.credit = sl.data = sl.touched = 0
+        ch.codec.fast_read_into(sl, ch.local, ch.sf)
+        sl.peer_window = ch.peer_window
+        sl.acct = ch.acct if ch.acct is not None else ffi.NULL
+        ch.slot_unacked(sl)
         self._slot_ch[k] = ch
         ch.slot = sl
         ch.sync_fast()
+        ch.sync_lfast()
+        self.loop.c_watch(ch.local.fd, lib.FL_ENT_LOCAL, self._fl, k, ch.c_event)
 
     def fast_remove(self, ch) -> None:
         if ch.slot is not None:
             k = ch.ch % SCAN_SLOTS
             sl = self._slots[k]
+            ch.slot_unacked(None)
+            self.loop.c_unwatch(sl.fd)
             sl.ch = 0
-            sl.fast = 0
+            sl.fast = sl.lfast = 0
             sl.codec = ffi.NULL
+            sl.rd = ffi.NULL
+            sl.acct = ffi.NULL
             self._slot_ch[k] = None
             ch.slot = None
 
@@ -305,6 +341,8 @@ class LinkSession:
         self.pipes.close_all()
         self.reader.closed = True
         self.writer.closed = True
+        self.loop.remove_pre_poll(self._pre_poll)
+        self._fl.writer_idle = self._fl.reader_idle = 0
         self.loop.forget(self.fd)
         try:
             os.close(self.fd)

@@ -1,0 +1,117 @@
+"""C's fast loop (``cffi_build/fastloop.c``): plain round trips through an
+in-process guest link never reach Python, the credit they earn rides on the
+next write to the link, and whatever needs Python still gets there, in order."""
+
+from __future__ import annotations
+
+import socket
+
+from helpers_wire import encode
+from test_link_batch import _client, _link_frames, _linked, _run_until
+from wlproxy import link
+from wlproxy.protocol import EVENT, REQUEST
+
+
+def _count_python_callbacks(loop) -> list[int]:
+    """Wrap every fd callback and C hand-back handler the loop has; returns the call counter."""
+    calls = [0]
+
+    def wrap(cb):
+        def counted(*a):
+            calls[0] += 1
+            return cb(*a)
+        return counted
+
+    for table in (loop._readers, loop._writers, loop._c_handlers):
+        for fd in list(table):
+            table[fd] = wrap(table[fd])
+    return calls
+
+
+def _host_read_open(loop, host: socket.socket) -> None:
+    """Read the guest's HELLO and the channel's OPEN (both from Python's path)."""
+    data = b""
+    while not any(t == link.OPEN for t, _, _ in _link_frames(data)):
+        loop.run_once(0.01)
+        data += host.recv(1 << 16)
+
+
+def _turn_and_read(loop, sock: socket.socket, done) -> bytes:
+    """Run loop turns and collect what ``sock`` receives until ``done(bytes)``."""
+    got = b""
+    sock.setblocking(False)
+    try:
+        for _ in range(100):
+            loop.run_once(0.01)
+            try:
+                got += sock.recv(1 << 16)
+            except BlockingIOError:
+                pass
+            if done(got):
+                break
+    finally:
+        sock.setblocking(True)
+    return got
+
+
+def _data_bytes(got: bytes) -> int:
+    return sum(len(p) for t, _, p in _link_frames(got) if t == link.DATA)
+
+
+def _round_trip(loop, client: socket.socket, host: socket.socket, cb_id: int, ch: int) -> tuple[list, bytes]:
+    """client: wl_display.sync; host end: wl_callback.done + wl_display.delete_id back."""
+    client.sendall(encode(1, "wl_display", "sync", cb_id, direction=REQUEST))
+    frames = _link_frames(_turn_and_read(loop, host, _data_bytes))
+    reply = encode(cb_id, "wl_callback", "done", 7, direction=EVENT) + \
+        encode(1, "wl_display", "delete_id", cb_id, direction=EVENT)
+    host.sendall(link.frame(link.DATA, ch, reply))
+    return frames, _turn_and_read(loop, client, lambda b: len(b) >= len(reply))
+
+
+def test_plain_round_trips_never_reach_python_and_credit_rides_along() -> None:
+    loop, lk, host = _linked()
+    client = _client(lk, socket.SOCK_STREAM)
+    _run_until(loop, lambda: lk.channels)
+    ch = next(iter(lk.channels))
+    _host_read_open(loop, host)
+    _round_trip(loop, client, host, 2, ch)  # the first turn settles the flags
+    calls = _count_python_callbacks(loop)
+    credited = 0
+    for i in range(50):
+        cb = 3 + i
+        frames, back = _round_trip(loop, client, host, cb, ch)
+        sync = encode(1, "wl_display", "sync", cb, direction=REQUEST)
+        data = [p for t, c, p in frames if t == link.DATA and c == ch]
+        assert data == [sync]
+        credited += sum(int.from_bytes(p, "little") for t, c, p in frames if t == link.CREDIT and c == ch)
+        assert back == encode(cb, "wl_callback", "done", 7, direction=EVENT) + \
+            encode(1, "wl_display", "delete_id", cb, direction=EVENT)
+    assert calls[0] == 0, "Python was called for plain traffic"
+    # every reply but the last was credited back, in front of the next request
+    assert credited >= 49 * 24
+    # the host end never credits: C counted every request it sent (51 of 12 bytes)
+    assert lk.channels[ch].unacked == 51 * 12
+    lk.shutdown("test over", violation=False)
+    loop.close()
+
+
+def test_a_request_python_must_see_goes_through_python_in_order() -> None:
+    """wl_compositor.create_surface is intercepted by the guest half (its
+    surface model): C hands that read to Python, and the requests around it
+    reach the link as the client sent them."""
+    loop, lk, host = _linked()
+    client = _client(lk, socket.SOCK_STREAM)
+    _run_until(loop, lambda: lk.channels)
+    ch = next(iter(lk.channels))
+    _host_read_open(loop, host)
+    _round_trip(loop, client, host, 2, ch)
+    calls = _count_python_callbacks(loop)
+    sent = (encode(1, "wl_display", "get_registry", 3) + encode(3, "wl_registry", "bind", 1, ("wl_compositor", 4, 4))
+            + encode(4, "wl_compositor", "create_surface", 5) + encode(1, "wl_display", "sync", 6))
+    client.sendall(sent)
+    got = _turn_and_read(loop, host, lambda b: _data_bytes(b) >= len(sent))
+    assert b"".join(p for t, c, p in _link_frames(got) if t == link.DATA and c == ch) == sent
+    assert calls[0] > 0, "the intercepted request did not reach Python"
+    assert lk.channels[ch].surfaces.c  # the surface model exists (the handler ran)
+    lk.shutdown("test over", violation=False)
+    loop.close()
