@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -223,4 +225,28 @@ int fl_poll(struct fl_loop *F, int timeout_ms, struct fl_ev *out, uint32_t cap)
             timeout_ms = (int)(left * 1000.0) + 1;
         }
     }
+}
+
+struct sched_attr_v1 {
+    uint32_t size, policy;
+    uint64_t flags;
+    int32_t nice;
+    uint32_t priority;
+    uint64_t runtime, deadline, period;
+    uint32_t util_min, util_max;
+};
+
+int fl_sched_slice(uint32_t usec)
+{
+#ifdef SYS_sched_setattr
+    struct sched_attr_v1 a = {0};
+    a.size = sizeof a;
+    a.policy = 0; /* SCHED_OTHER, nice unchanged */
+    a.nice = getpriority(PRIO_PROCESS, 0);
+    a.runtime = (uint64_t)usec * 1000;
+    return syscall(SYS_sched_setattr, 0, &a, 0) == 0 ? 0 : -errno;
+#else
+    (void)usec;
+    return -ENOSYS;
+#endif
 }

@@ -70,3 +70,8 @@ struct fl_ev {
 #define FL_EV_ACCOUNT 3  /* the client on this local socket went over a limit (arg: FL_ACCT_*) */
 #define FL_EV_KICK 4     /* the held credit must go out: Python's writer sends it */
 int fl_poll(struct fl_loop *F, int timeout_ms, struct fl_ev *out, uint32_t cap);
+
+/* Ask the scheduler for a short slice (Linux 6.12's EEVDF custom slice for
+ * SCHED_OTHER; the kernel clamps it to 0.1-100 ms): a proxy woken amid busy
+ * clients then runs sooner.  0, or -errno where the kernel has no such thing. */
+int fl_sched_slice(uint32_t usec);

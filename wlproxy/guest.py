@@ -19,7 +19,7 @@ from wlproxy.channel import Channel
 from wlproxy.cli import UserError
 from wlproxy.codec import IMPLEMENTATION, INVALID_METHOD, Record
 from wlproxy.fdsock import close_fds
-from wlproxy.loop import Loop
+from wlproxy.loop import Loop, short_slice
 from wlproxy.protocol import REQUEST
 from wlproxy.relay import display_error
 from wlproxy.session import LinkSession
@@ -49,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long a client that connects while the link is down waits for it before it "
                    "is refused (default: %(default)s)")
     p.add_argument("--no-diff", action="store_true", help="send damaged pixels without the shadow diff")
+    p.add_argument("--sched-slice", type=int, default=100, metavar="USEC",
+                   help="ask the VM's scheduler for a slice this short, so that the proxy runs soon after a "
+                   "client wakes it even while other clients keep the vCPUs busy (Linux 6.12 or later; "
+                   "0: the kernel's default; default: %(default)s)")
 
 
 class GuestChannel(Channel):
@@ -425,6 +429,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UserError(str(e)) from None
     loop = Loop()
+    short_slice(args.sched_slice)
     activated = activated_sockets()
     owned: ListeningSocket | None = None
     if activated:
