@@ -6,6 +6,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -122,32 +123,80 @@ static int apply_scan(struct fl_link *L, struct fl_ev *out, uint32_t *nout, uint
     return 1;
 }
 
-static int link_readable(struct fl_link *L, struct fl_ev *out, uint32_t *nout, uint32_t cap)
+/* One read of the link: straight into a pool for the rest of an SHM_DATA
+ * payload the scan began to stream (with what follows it into buf), else
+ * into buf.  Returns the bytes read, of which *rest landed in buf. */
+static ssize_t link_read(struct fl_link *L, uint32_t *rest, uint64_t *asked)
 {
-    if (!L->reader_idle)
-        return PLAIN;
-    for (uint32_t got = 0; got < FL_READ_BUDGET;) {
-        ssize_t n;
+    struct fp_scan *s = L->scan;
+    ssize_t n;
+    if (!s->shm_left) {
+        *asked = L->cap;
         do
             n = read(L->fd, L->buf, L->cap);
         while (n < 0 && errno == EINTR);
+        *rest = n > 0 ? (uint32_t)n : 0;
+        return n;
+    }
+    struct fp_pool *pl = s->shm_pool;
+    int into_pool = pl && pl->base && s->shm_off <= pl->size && s->shm_left <= pl->size - s->shm_off;
+    struct iovec iov[2] = {{into_pool ? pl->base + s->shm_off : L->buf, s->shm_left}, {L->buf, L->cap}};
+    int cnt = 2;
+    if (!into_pool) { /* the pool went away meanwhile: drop the bytes */
+        if (iov[0].iov_len > L->cap)
+            iov[0].iov_len = L->cap;
+        cnt = iov[0].iov_len < s->shm_left ? 1 : 2;
+    }
+    *asked = iov[0].iov_len + (cnt == 2 ? L->cap : 0);
+    do
+        n = readv(L->fd, iov, cnt);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK))
+            s->shm_left = 0, s->shm_pool = NULL; /* the link is over: Python's reader meets the end itself */
+        *rest = 0;
+        return n;
+    }
+    uint64_t k = (uint64_t)n < iov[0].iov_len ? (uint64_t)n : iov[0].iov_len;
+    s->shm_off += k;
+    s->shm_left -= k;
+    if (!s->shm_left)
+        s->shm_pool = NULL;
+    *rest = (uint32_t)((uint64_t)n - k);
+    if (*rest && !into_pool) /* what followed the dropped bytes went into buf after them */
+        memmove(L->buf, L->buf + k, *rest);
+    return n;
+}
+
+static int link_readable(struct fl_link *L, struct fl_ev *out, uint32_t *nout, uint32_t cap)
+{
+    struct fp_scan *s = L->scan;
+    if (!L->reader_idle && !s->shm_left)
+        return PLAIN;
+    for (uint64_t got = 0; got < FL_READ_BUDGET;) {
+        uint32_t rest;
+        uint64_t asked;
+        ssize_t n = link_read(L, &rest, &asked);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             return HANDLED;
         if (n <= 0)
             return PLAIN; /* Python's reader meets the end or the error itself */
-        got += (uint32_t)n;
-        struct fp_scan *s = L->scan;
-        uint32_t before = *nout;
-        uint32_t k = fp_link_scan(L->slots, L->nslots, L->buf, (uint32_t)n, s, L->recs, L->rcap);
-        if (k != (uint32_t)n || s->stop != FP_STOP_NONE || !apply_scan(L, out, nout, cap)) {
-            L->nread = (uint32_t)n;
-            L->scanned = k;
-            put(out, nout, L->fd, EPOLLIN, FL_EV_LINK, 0);
-            return PYTHON;
+        got += (uint64_t)n;
+        if (rest) {
+            uint32_t before = *nout;
+            s->stream_ok = 1;
+            uint32_t k = fp_link_scan(L->slots, L->nslots, L->buf, rest, s, L->recs, L->rcap);
+            s->stream_ok = 0;
+            if (k != rest || s->stop != FP_STOP_NONE || !apply_scan(L, out, nout, cap)) {
+                L->nread = rest;
+                L->scanned = k;
+                put(out, nout, L->fd, EPOLLIN, FL_EV_LINK, 0);
+                return PYTHON;
+            }
+            if (*nout != before)
+                return PYTHON;
         }
-        if (*nout != before)
-            return PYTHON;
-        if ((uint32_t)n < L->cap)
+        if ((uint64_t)n < asked)
             return HANDLED; /* ran dry */
     }
     return HANDLED; /* level-triggered: the rest comes on the next turn */
@@ -201,7 +250,15 @@ int fl_poll(struct fl_loop *F, int timeout_ms, struct fl_ev *out, uint32_t cap)
             uint32_t e = ev[i].events;
             struct fl_ent *en = fd >= 0 && (uint32_t)fd < F->nents ? &F->ents[fd] : NULL;
             int st = PLAIN;
-            if (!python && en && e == EPOLLIN) {
+            if (en && en->kind == FL_ENT_LINK && en->link->scan->shm_left) {
+                /* in the middle of a payload only C reads the link (if Python has this turn,
+                 * the level-triggered readiness comes back); the rest of the event is Python's */
+                st = python ? HANDLED : link_readable(en->link, out, &nout, cap);
+                if (st != PLAIN && (e & ~(uint32_t)EPOLLIN)) {
+                    put(out, &nout, fd, e & ~(uint32_t)EPOLLIN, FL_EV_PLAIN, 0);
+                    python = 1;
+                }
+            } else if (!python && en && e == EPOLLIN) {
                 struct fl_link *L = en->link;
                 if (en->kind == FL_ENT_LINK) {
                     st = link_readable(L, out, &nout, cap);

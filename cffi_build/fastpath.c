@@ -210,7 +210,7 @@ uint32_t fp_link_scan(struct fp_chan *slots, uint32_t nslots, const uint8_t *buf
                 s->stop = FP_STOP_FRAME;
                 return pos;
             }
-            if (len - pos - 12 < flen)
+            if (len - pos < 28 || (len - pos - 12 < flen && !s->stream_ok))
                 break;
             memcpy(&key, buf + pos + 12, 4);
             memcpy(&pad, buf + pos + 16, 4);
@@ -224,6 +224,15 @@ uint32_t fp_link_scan(struct fp_chan *slots, uint32_t nslots, const uint8_t *buf
             if (pad || !pl || !pl->base || off > pl->size || plen > pl->size - off) {
                 s->stop = FP_STOP_FRAME;
                 return pos;
+            }
+            uint32_t have = len - pos - 28;
+            if (have < plen) { /* the rest comes straight into the pool (stream_ok) */
+                memcpy(pl->base + off, buf + pos + 28, have);
+                s->shm_pool = pl;
+                s->shm_off = off + have;
+                s->shm_left = plen - have;
+                pos = len;
+                break;
             }
             memcpy(pl->base + off, buf + pos + 28, plen);
             pos += 12 + flen;

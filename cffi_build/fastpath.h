@@ -85,6 +85,13 @@ struct fp_scan {
     /* consecutive DATA payloads of one channel, sent with one sendmsg */
     uint32_t run_slot, run_n;
     uint32_t run_off[FP_RUN_MAX], run_len[FP_RUN_MAX];
+    /* SHM_DATA whose payload runs past the buffer: with stream_ok (the fast
+     * loop), what is there is copied and the rest is left to read straight
+     * into the pool: shm_left bytes at shm_off of shm_pool (NULL: dropped,
+     * the pool went away meanwhile) */
+    uint32_t stream_ok;
+    struct fp_pool *shm_pool;
+    uint64_t shm_off, shm_left;
 };
 struct fp_pool {      /* a host-side pool that SHM_DATA may write to */
     uint8_t *base;    /* NULL once closed */

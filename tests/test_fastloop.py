@@ -9,6 +9,7 @@ import socket
 from helpers_wire import encode
 from test_link_batch import _client, _link_frames, _linked, _run_until
 from wlproxy import link
+from wlproxy.loop import Loop
 from wlproxy.protocol import EVENT, REQUEST
 
 
@@ -114,4 +115,112 @@ def test_a_request_python_must_see_goes_through_python_in_order() -> None:
     assert calls[0] > 0, "the intercepted request did not reach Python"
     assert lk.channels[ch].surfaces.c  # the surface model exists (the handler ran)
     lk.shutdown("test over", violation=False)
+    loop.close()
+
+
+# -- the host half: SHM_DATA payloads larger than one read --------------------
+
+def _host_link(monkeypatch):
+    """A real HostServer on one end of a socketpair, fake compositors for its clients."""
+    from fuzz.harness import FakeCompositor
+    from wlproxy import host, policy
+
+    loop = Loop()
+    fakes: list = []
+
+    def connect(display):
+        f = FakeCompositor(loop)
+        fakes.append(f)
+        return f.theirs
+
+    monkeypatch.setattr(host, "connect_display", connect)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    server = host.HostServer(loop, a, "t", None, policy.default("t"))
+    return loop, server, b, fakes
+
+
+def _m(obj: int, iface: str, name: str, *args) -> bytes:
+    return encode(obj, iface, name, *args)
+
+
+def _open_with_pool(loop, b: socket.socket, ch: int, size: int) -> None:
+    """Open channel ``ch`` and give it a pool of ``size`` bytes (key 1)."""
+    b.sendall(link.frame(link.OPEN, ch, b"t") + link.frame(link.DATA, ch, _m(1, "wl_display", "get_registry", 2)))
+    _turns(loop)  # the globals come back before the bind
+    b.sendall(link.frame(link.DATA, ch, _m(2, "wl_registry", "bind", 2, ("wl_shm", 1, 3)))
+              + link.fd_shm_frame(ch, 1, size) + link.frame(link.DATA, ch, _m(3, "wl_shm", "create_pool", 4, None, size)))
+    _turns(loop)
+
+
+def _send_in_pieces(loop, lk, b: socket.socket, data: bytes, piece: int) -> bool:
+    """Write ``data`` a piece at a time with loop turns between; whether C was
+    ever caught in the middle of a payload."""
+    streamed = False
+    for i in range(0, len(data), piece):
+        b.sendall(data[i:i + piece])
+        loop.run_once(0)
+        streamed |= bool(lk._scan_state.shm_left)
+        _drain(b)
+    return streamed
+
+
+def _drain(b: socket.socket) -> bytes:
+    got = b""
+    b.setblocking(False)
+    try:
+        while True:
+            got += b.recv(1 << 16)
+    except (BlockingIOError, InterruptedError):
+        pass
+    finally:
+        b.setblocking(True)
+    return got
+
+
+def _turns(loop, n: int = 20) -> None:
+    for _ in range(n):
+        loop.run_once(0.005)
+
+
+def test_a_payload_larger_than_a_read_streams_into_the_pool(monkeypatch) -> None:
+    import random
+
+    loop, server, b, fakes = _host_link(monkeypatch)
+    b.sendall(link.hello_frame(1 << 18, "test guest"))
+    _open_with_pool(loop, b, 1, 1 << 20)
+    (lk,) = server.links
+    pixels = random.Random(1).randbytes(700_000)  # more than the link's 256 KiB read buffer
+    sync = link.frame(link.DATA, 1, _m(1, "wl_display", "sync", 5))
+    streamed = _send_in_pieces(loop, lk, b, link.shm_data_header(1, 1, 4096, len(pixels)) + pixels + sync, 50_000)
+    _turns(loop)
+    assert streamed, "C never streamed the payload"
+    pool = lk.channels[1].pools[1]
+    assert bytes(pool.view[4096:4096 + len(pixels)]) == pixels
+    assert not lk._scan_state.shm_left and lk.channels[1].codec.message_count(REQUEST) >= 4  # the sync after it
+    lk.shutdown("test over", violation=False)
+    for f in fakes:
+        f.close()
+    loop.close()
+
+
+def test_a_pool_that_goes_away_mid_payload_drops_the_rest_and_the_link_goes_on(monkeypatch) -> None:
+    loop, server, b, fakes = _host_link(monkeypatch)
+    b.sendall(link.hello_frame(1 << 18, "test guest"))
+    _open_with_pool(loop, b, 1, 1 << 20)
+    (lk,) = server.links
+    pixels = b"\x5a" * 900_000
+    header = link.shm_data_header(1, 1, 0, len(pixels))
+    assert _send_in_pieces(loop, lk, b, header + pixels[:300_000], 50_000)
+    fakes[0].close()  # the compositor drops client 1: its pool goes away while C streams into it
+    _turns(loop)
+    assert 1 not in lk.channels and lk._scan_state.shm_left
+    _send_in_pieces(loop, lk, b, pixels[300_000:], 50_000)  # dropped
+    _open_with_pool(loop, b, 2, 4096)
+    b.sendall(link.frame(link.DATA, 2, _m(1, "wl_display", "sync", 5)))
+    _turns(loop)
+    assert server.links == {lk} and not lk.closed
+    assert lk.channels[2].codec.message_count(REQUEST) >= 4
+    lk.shutdown("test over", violation=False)
+    for f in fakes:
+        f.close()
     loop.close()

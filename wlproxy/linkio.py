@@ -340,6 +340,7 @@ class LinkReader:
         self.closed = False
         self._headers_next = False
         self._asked = 0
+        self.c_scan = None  # C's fast loop's scan state (the payload it may be streaming), if any
         loop.add_reader(fd, self._readable)
 
     @property
@@ -357,6 +358,8 @@ class LinkReader:
         and ran the scan over them (``scan`` applies its results)."""
         got = 0
         while not self.closed and got < READ_BUDGET:
+            if self.c_scan is not None and self.c_scan.shm_left:
+                return  # C's fast loop is reading a payload straight into its pool: the link is its own
             if scanned:
                 n = fresh = scanned
                 self._asked = len(self.view)

@@ -70,6 +70,7 @@ class LinkSession:
         L.scan = self._scan_state
         L.recs = self._scan_recs
         L.rcap = SCAN_RECORDS
+        self.reader.c_scan = self._scan_state
         loop.c_watch(fd, lib.FL_ENT_LINK, L, 0, self._c_event)
         loop.add_pre_poll(self._pre_poll)
         self.pipes = Pipes(loop, self._send_pipe, self.pipe_id_base)
@@ -195,6 +196,9 @@ class LinkSession:
             self._scan_state.npools = len(self._pools)
 
     def pool_remove(self, pool) -> None:
+        st = self._scan_state
+        if st.shm_pool == pool.c:  # C's fast loop is streaming into it: it drops the rest instead
+            st.shm_pool = ffi.NULL
         if pool in self._pools:
             i = self._pools.index(pool)
             last = self._pools.pop()
