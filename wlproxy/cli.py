@@ -24,6 +24,14 @@ class UserError(Exception):
     """An error caused by the user's input: printed without a traceback."""
 
 
+def add_sched_slice(p: argparse.ArgumentParser, where: str, default: int = 100) -> None:
+    """The ``--sched-slice`` option of both halves (``wlproxy.loop.short_slice``)."""
+    p.add_argument("--sched-slice", type=int, default=default, metavar="USEC",
+                   help=f"ask {where} scheduler for a slice this short, so that the proxy runs soon after a "
+                   "client wakes it even while other processes keep the CPUs busy (Linux 6.12 or later; "
+                   "0: the kernel's default; default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wlproxy",

@@ -16,7 +16,7 @@ import struct
 
 from wlproxy import bridges, link
 from wlproxy.channel import Channel
-from wlproxy.cli import UserError
+from wlproxy.cli import UserError, add_sched_slice
 from wlproxy.codec import IMPLEMENTATION, INVALID_METHOD, Record
 from wlproxy.fdsock import close_fds
 from wlproxy.loop import Loop, short_slice
@@ -49,10 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long a client that connects while the link is down waits for it before it "
                    "is refused (default: %(default)s)")
     p.add_argument("--no-diff", action="store_true", help="send damaged pixels without the shadow diff")
-    p.add_argument("--sched-slice", type=int, default=100, metavar="USEC",
-                   help="ask the VM's scheduler for a slice this short, so that the proxy runs soon after a "
-                   "client wakes it even while other clients keep the vCPUs busy (Linux 6.12 or later; "
-                   "0: the kernel's default; default: %(default)s)")
+    add_sched_slice(p, "the VM's")
 
 
 class GuestChannel(Channel):

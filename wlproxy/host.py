@@ -21,11 +21,11 @@ import unicodedata
 from wlproxy import bridges, link, policy, wire
 from wlproxy._codec import ffi, lib
 from wlproxy.channel import Channel
-from wlproxy.cli import UserError
+from wlproxy.cli import UserError, add_sched_slice
 from wlproxy.codec import IMPLEMENTATION, INVALID_METHOD, INVALID_OBJECT, NO_MEMORY, Record, default_tables
 from wlproxy.fdsock import close_fds
 from wlproxy.logs import audit
-from wlproxy.loop import Loop
+from wlproxy.loop import Loop, short_slice
 from wlproxy.protocol import EVENT, REQUEST
 from wlproxy.relay import display_error
 from wlproxy.session import LinkSession
@@ -72,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vm", default="vm", metavar="NAME", help="the VM's name, for logs and policy (default: %(default)s)")
     p.add_argument("--display", metavar="NAME", help="weston's socket (default: $WAYLAND_DISPLAY)")
     p.add_argument("--policy", metavar="FILE", help="policy file (default: looked up by VM name)")
+    add_sched_slice(p, "the host's", 0)
 
 
 class _Closed(Exception):
@@ -756,6 +757,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, SocketError) as e:
         raise UserError(str(e)) from None
     loop = Loop()
+    short_slice(args.sched_slice)
     server = HostServer(loop, sock, args.vm, args.display, pol)
     log.info("VM %s: host half listening on %s, compositor %s", args.vm, ep, args.display or os.environ.get("WAYLAND_DISPLAY", "wayland-0"))
     loop.stop_on_signals()
