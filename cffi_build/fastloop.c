@@ -162,9 +162,7 @@ static ssize_t link_read(struct fl_link *L, uint32_t *rest, uint64_t *asked)
     s->shm_left -= k;
     if (!s->shm_left)
         s->shm_pool = NULL;
-    *rest = (uint32_t)((uint64_t)n - k);
-    if (*rest && !into_pool) /* what followed the dropped bytes went into buf after them */
-        memmove(L->buf, L->buf + k, *rest);
+    *rest = (uint32_t)((uint64_t)n - k); /* at buf[0]: dropped bytes went there first, then these */
     return n;
 }
 

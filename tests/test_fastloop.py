@@ -143,9 +143,10 @@ def _m(obj: int, iface: str, name: str, *args) -> bytes:
     return encode(obj, iface, name, *args)
 
 
-def _open_with_pool(loop, b: socket.socket, ch: int, size: int) -> None:
-    """Open channel ``ch`` and give it a pool of ``size`` bytes (key 1)."""
-    b.sendall(link.frame(link.OPEN, ch, b"t") + link.frame(link.DATA, ch, _m(1, "wl_display", "get_registry", 2)))
+def _open_with_pool(loop, b: socket.socket, ch: int, size: int, opened: bool = False) -> None:
+    """Open channel ``ch`` (unless ``opened``) and give it a pool of ``size`` bytes (key 1)."""
+    b.sendall((b"" if opened else link.frame(link.OPEN, ch, b"t"))
+              + link.frame(link.DATA, ch, _m(1, "wl_display", "get_registry", 2)))
     _turns(loop)  # the globals come back before the bind
     b.sendall(link.frame(link.DATA, ch, _m(2, "wl_registry", "bind", 2, ("wl_shm", 1, 3)))
               + link.fd_shm_frame(ch, 1, size) + link.frame(link.DATA, ch, _m(3, "wl_shm", "create_pool", 4, None, size)))
@@ -168,8 +169,8 @@ def _drain(b: socket.socket) -> bytes:
     got = b""
     b.setblocking(False)
     try:
-        while True:
-            got += b.recv(1 << 16)
+        while data := b.recv(1 << 16):
+            got += data
     except (BlockingIOError, InterruptedError):
         pass
     finally:
@@ -214,8 +215,10 @@ def test_a_pool_that_goes_away_mid_payload_drops_the_rest_and_the_link_goes_on(m
     fakes[0].close()  # the compositor drops client 1: its pool goes away while C streams into it
     _turns(loop)
     assert 1 not in lk.channels and lk._scan_state.shm_left
-    _send_in_pieces(loop, lk, b, pixels[300_000:], 50_000)  # dropped
-    _open_with_pool(loop, b, 2, 4096)
+    # the rest is dropped; the frames right behind it, in the same reads, still count
+    _send_in_pieces(loop, lk, b, pixels[300_000:] + link.frame(link.OPEN, 2, b"t"), 70_000)
+    _turns(loop)
+    _open_with_pool(loop, b, 2, 4096, opened=True)
     b.sendall(link.frame(link.DATA, 2, _m(1, "wl_display", "sync", 5)))
     _turns(loop)
     assert server.links == {lk} and not lk.closed

@@ -158,9 +158,9 @@ class Loop:
 
         self.add_reader(r, drain)
 
-    def _run_callback(self, cb: Callback) -> None:
+    def _run_callback(self, cb: Callable[..., None], *args: int) -> None:
         try:
-            cb()
+            cb(*args)
         except Exception:  # a bug in one connection must not take down the process
             log.exception("unhandled error in callback %r", cb)
 
@@ -182,10 +182,7 @@ class Loop:
             if kind:
                 h = self._c_handlers.get(fd)
                 if h is not None:
-                    try:
-                        h(kind, e.arg)
-                    except Exception:
-                        log.exception("unhandled error in handler %r", h)
+                    self._run_callback(h, kind, e.arg)
                 continue
             if ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                 cb = self._readers.get(fd)

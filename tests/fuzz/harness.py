@@ -57,8 +57,8 @@ class Finding(Exception):
 class StrictLoop(Loop):
     """Callbacks' exceptions propagate (the real loop logs and goes on)."""
 
-    def _run_callback(self, cb) -> None:  # type: ignore[no-untyped-def]
-        cb()
+    def _run_callback(self, cb, *args) -> None:  # type: ignore[no-untyped-def]
+        cb(*args)
 
 
 def _event(obj: int, iface: str, name: str, *args) -> bytes:
