@@ -88,7 +88,9 @@ def targets(record: dict) -> list[dict]:
             text = f"≤ {'1/%d of ' % round(1 / wp_frac) if wp_frac < 1 else ''}waypipe's ({lim * 1e3:.3f} ms)"
             relays = _res(record, "roundtrip", "relays")
             back = relays["overhead"] / 2 if relays and relays.get("overhead", 0) > 0 else None
-            if floor is not None and lim < floor and floor_k:
+            if ov <= lim:
+                pass  # met: whether it looked out of reach does not matter
+            elif floor is not None and lim < floor and floor_k:
                 text += f": below the floor itself ({floor * 1e3:.3f} ms), out of reach for a copying proxy here"
             elif floor is not None and back is not None and lim < floor + back and floor_k:
                 # the pixels cross the link (the floor), then the sync's done comes back through
