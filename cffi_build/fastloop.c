@@ -221,7 +221,6 @@ static int local_readable(struct fl_link *L, struct fp_chan *c, int fd, struct f
         c->unacked += r->forwarded;
         L->held_len = 0;
         L->lazy = 0;
-        *c->lfilled = 0;
         return HANDLED;
     }
     put(out, nout, fd, EPOLLIN, FL_EV_LOCAL, 0);

@@ -142,6 +142,7 @@ class LinkWriter:
             self.queued_bytes -= sum(map(len, self._urgent))
             self._urgent.clear()
 
+    @property
     def idle_for_c(self) -> bool:
         """Nothing queued, in flight or waited for: C's fast loop may write
         frames (and the held credits) to the link itself."""

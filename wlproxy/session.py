@@ -79,7 +79,7 @@ class LinkSession:
     # -- input ---------------------------------------------------------------
     def _pre_poll(self) -> None:
         L = self._fl
-        L.writer_idle = self.writer.idle_for_c()
+        L.writer_idle = self.writer.idle_for_c
         L.reader_idle = self.reader.idle_for_c
 
     def _c_event(self, kind: int, arg: int) -> None:
