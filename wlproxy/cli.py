@@ -24,8 +24,8 @@ class UserError(Exception):
     """An error caused by the user's input: printed without a traceback."""
 
 
-def add_sched_slice(p: argparse.ArgumentParser, where: str, default: int = 100) -> None:
-    """The ``--sched-slice`` option of both halves (``wlproxy.loop.short_slice``)."""
+def add_sched_slice(p: argparse.ArgumentParser, where: str, default: int = 0) -> None:
+    """The ``--sched-slice`` option of both halves (``wlproxy.sched``)."""
     p.add_argument("--sched-slice", type=int, default=default, metavar="USEC",
                    help=f"ask {where} scheduler for a slice this short, so that the proxy runs soon after a "
                    "client wakes it even while other processes keep the CPUs busy (Linux 6.12 or later; "

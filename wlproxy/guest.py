@@ -14,12 +14,14 @@ import os
 import socket
 import struct
 
-from wlproxy import bridges, link
+from wlproxy import bridges, link, sched
 from wlproxy.channel import Channel
 from wlproxy.cli import UserError, add_sched_slice
 from wlproxy.codec import IMPLEMENTATION, INVALID_METHOD, Record
 from wlproxy.fdsock import close_fds
-from wlproxy.loop import Loop, short_slice
+from wlproxy.linkio import GIVE_WAY
+from wlproxy.loop import Loop
+from wlproxy.sched import short_slice
 from wlproxy.protocol import REQUEST
 from wlproxy.relay import display_error
 from wlproxy.session import LinkSession
@@ -49,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how long a client that connects while the link is down waits for it before it "
                    "is refused (default: %(default)s)")
     p.add_argument("--no-diff", action="store_true", help="send damaged pixels without the shadow diff")
-    add_sched_slice(p, "the VM's")
+    add_sched_slice(p, "the VM's", 100)
 
 
 class GuestChannel(Channel):
@@ -230,8 +232,11 @@ class GuestChannel(Channel):
         self.local.consume(used)
 
     def queue_pixels(self, t: Transfer) -> None:
-        """SHM_DATA frames for ``t``, read from the pool when the link can take them."""
+        """SHM_DATA frames for ``t``, read from the pool when the link can take them
+        (a large commit first lets the clients this half woke run)."""
         total = t.total
+        if total >= GIVE_WAY:
+            sched.give_way()
         mm = t.pool.mm
         key, ch = t.pool.key, self.ch
 

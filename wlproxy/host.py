@@ -25,7 +25,8 @@ from wlproxy.cli import UserError, add_sched_slice
 from wlproxy.codec import IMPLEMENTATION, INVALID_METHOD, INVALID_OBJECT, NO_MEMORY, Record, default_tables
 from wlproxy.fdsock import close_fds
 from wlproxy.logs import audit
-from wlproxy.loop import Loop, short_slice
+from wlproxy.loop import Loop
+from wlproxy.sched import short_slice
 from wlproxy.protocol import EVENT, REQUEST
 from wlproxy.relay import display_error
 from wlproxy.session import LinkSession
@@ -72,7 +73,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vm", default="vm", metavar="NAME", help="the VM's name, for logs and policy (default: %(default)s)")
     p.add_argument("--display", metavar="NAME", help="weston's socket (default: $WAYLAND_DISPLAY)")
     p.add_argument("--policy", metavar="FILE", help="policy file (default: looked up by VM name)")
-    add_sched_slice(p, "the host's", 0)
+    add_sched_slice(p, "the host's")
 
 
 class _Closed(Exception):

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 import socket
 
+from wlproxy import sched
 from wlproxy._codec import ffi, lib
 from wlproxy.link import HEADER_SIZE, SHM_HEADER, LinkDecoder, LinkError, ShmChunk
 from wlproxy.loop import Loop
@@ -30,6 +31,7 @@ LINK_SNDBUF = 4 << 20  # asked for; Linux doubles it (within net.core.wmem_max)
 BULK_INFLIGHT = 2 << 20  # pixels are written only while the peer has less than this left to read
 SMALL_BULK = 64 << 10  # pixel jobs up to this size skip that check (and its ioctl)
 FLUSH_SLICE = 1 << 20  # bytes written per turn of the loop, at most (then the other fds get a turn)
+GIVE_WAY = 256 << 10  # pixel work this large first gives way (wlproxy.sched)
 _SHM_HEADERS = HEADER_SIZE + SHM_HEADER.size
 
 
@@ -269,7 +271,10 @@ class LinkWriter:
                 if self._held_bulk:
                     self._wait()
                     return
+                sched.pixels_done()
                 break
+            if total >= GIVE_WAY:
+                sched.give_way()
             try:
                 n = os.writev(self.fd, bufs)
             except (BlockingIOError, InterruptedError):

@@ -26,17 +26,6 @@ CHandler = Callable[[int, int], None]  # (FL_EV_* kind, arg): what C left for Py
 C_EVENTS = 256  # room for one epoll batch and what C adds to it (fl_poll)
 
 
-def short_slice(usec: int) -> None:
-    """Ask for a scheduler slice of ``usec`` (``fl_sched_slice``); 0: leave it."""
-    if usec <= 0:
-        return
-    rc = lib.fl_sched_slice(usec)
-    if rc < 0:
-        log.info("the kernel's default scheduler slice stays (%s)", os.strerror(-rc))
-    else:
-        log.debug("scheduler slice of %d µs", usec)
-
-
 class Timer:
     __slots__ = ("when", "cb", "cancelled")
 
