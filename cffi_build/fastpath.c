@@ -167,6 +167,8 @@ static uint32_t send_run(struct fp_chan *slots, const uint8_t *buf, struct fp_sc
     do
         w = sendmsg(c->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
     while (w < 0 && errno == EINTR);
+    if (w > 0)
+        c->sends++;
     if (w >= 0 && (uint64_t)w == total) {
         s->run_n = 0;
         return 0;

@@ -51,6 +51,7 @@ struct fp_chan {
     uint32_t data;    /* out: DATA bytes taken */
     uint32_t credit;  /* out: CREDIT granted */
     uint32_t touched; /* out: listed in fp_scan.touched */
+    uint32_t sends;   /* out: sends of link input to the local socket, ever (wlproxy.sched) */
     /* the channel's side of the credit window (the fast loop keeps them, fastloop.c) */
     uint32_t unacked;      /* DATA bytes sent the peer has not credited back */
     uint32_t peer_window;

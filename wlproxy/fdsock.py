@@ -85,6 +85,7 @@ class FdSocket(StreamIn):
         StreamIn.__init__(self, rbuf_size)
         self._out: collections.deque[list] = collections.deque()  # [memoryview, fds]
         self.out_bytes = 0
+        self.sends = 0  # sendmsg calls that took data (wlproxy.sched)
         self.closed = False
         self.paused = False
         self.corked = False
@@ -160,6 +161,7 @@ class FdSocket(StreamIn):
                 self.close(f"write error: {e.strerror}")
                 return
             if sent >= 0:
+                self.sends += 1
                 if fds and own_fds:
                     close_fds(fds)
                 fds = ()
@@ -244,6 +246,7 @@ class FdSocket(StreamIn):
             except OSError as e:
                 self.close(f"write error: {e.strerror}")
                 return
+            self.sends += 1
             if send_fds:
                 if own:
                     close_fds(send_fds)

@@ -31,7 +31,7 @@ LINK_SNDBUF = 4 << 20  # asked for; Linux doubles it (within net.core.wmem_max)
 BULK_INFLIGHT = 2 << 20  # pixels are written only while the peer has less than this left to read
 SMALL_BULK = 64 << 10  # pixel jobs up to this size skip that check (and its ioctl)
 FLUSH_SLICE = 1 << 20  # bytes written per turn of the loop, at most (then the other fds get a turn)
-GIVE_WAY = 256 << 10  # pixel work this large first gives way (wlproxy.sched)
+PIXEL_WORK = 256 << 10  # pixels this large are written on the long slice (wlproxy.sched)
 _SHM_HEADERS = HEADER_SIZE + SHM_HEADER.size
 
 
@@ -75,6 +75,10 @@ class LinkWriter:
         self._held_bulk = False
         self._no_outq = False
         self.on_drain: Callable[[], None] | None = None
+        # (channel) -> whether another channel's client was sent something since the
+        # last call: before a slice of that channel's pixels the writer then yields
+        self.others_woken: Callable[[int], bool] | None = None
+        self._bulk_ch = 0
         # the link as C's fast loop sees it; the held CREDIT frames live in it
         self.c = ffi.new("struct fl_link *")
         self.c.fd = fd
@@ -243,6 +247,7 @@ class LinkWriter:
                 total += len(item)
             else:
                 job, size = item
+                self._bulk_ch = ch
                 part = next(job, None)
                 if part is None:
                     q.popleft()
@@ -273,8 +278,10 @@ class LinkWriter:
                     return
                 sched.pixels_done()
                 break
-            if total >= GIVE_WAY:
-                sched.give_way()
+            if total >= PIXEL_WORK:
+                sched.pixel_work()
+                if self.others_woken is not None and self.others_woken(self._bulk_ch):
+                    os.sched_yield()
             try:
                 n = os.writev(self.fd, bufs)
             except (BlockingIOError, InterruptedError):

@@ -4,12 +4,18 @@ patience for pixels.
 With ``--sched-slice`` a half runs with a short slice (``fl_sched_slice``), so
 it gets the CPU soon after a client or the link wakes it, even while a client
 keeps that CPU busy drawing.  Pixel work is the opposite case: a 1080p frame is
-milliseconds of copying into the link, and a client this half just woke with a
-reply (a ``wl_display.sync`` done, an input event) should not wait for all of
-it.  So before pixel work the half takes the kernel's default slice back and
-yields the CPU (``give_way``), and it asks for the short slice again once the
-link writer has nothing left to write (``pixels_done``).  At HZ=250 the kernel
-would otherwise decide only at the next tick, up to 4 ms later.
+milliseconds of copying into the link, and a client this half wakes meanwhile
+with a reply (a ``wl_display.sync`` done, an input event) should not wait for
+all of it.  EEVDF lets a woken task preempt the running one at once when its
+slice is shorter; otherwise the woken client waits until this half sleeps or
+a tick comes (4 ms at HZ=250).  So for pixel work the half takes a long slice
+(``pixel_work``: 10 ms, longer than any client's default), and it asks for the
+short slice again once the link writer has nothing left to write
+(``pixels_done``).  The link writer also yields before a slice of one client's
+pixels when another client was sent something since the previous slice
+(``LinkSession._others_woken``): that client may be waiting to run.  Only
+then: a CPU-bound neighbour would take every turn offered, and large frames
+took twice as long next to one when every slice yielded.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from wlproxy._codec import lib
 log = logging.getLogger("wlproxy.sched")
 
 _short = 0  # µs: the slice asked for, 0: the kernel's default
-_long = False  # in pixel work: on the default slice
+_long = False  # in pixel work, on LONG_SLICE
+LONG_SLICE = 10_000  # µs
 
 
 def short_slice(usec: int) -> None:
@@ -39,14 +46,12 @@ def short_slice(usec: int) -> None:
         log.debug("scheduler slice of %d µs", usec)
 
 
-def give_way() -> None:
-    """Pixel work follows: the default slice (while a short one was asked
-    for), and whoever is waiting for this CPU runs first."""
+def pixel_work() -> None:
+    """Pixel work follows: the long slice (while a short one was asked for)."""
     global _long
     if _short and not _long:
-        lib.fl_sched_slice(0)
+        lib.fl_sched_slice(LONG_SLICE)
         _long = True
-    os.sched_yield()
 
 
 def pixels_done() -> None:

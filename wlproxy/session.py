@@ -45,6 +45,8 @@ class LinkSession:
         self.closed = False
         os.set_blocking(fd, False)  # the C read paths write to it too: never wait in there
         self.writer = LinkWriter(loop, fd, self._io_error)
+        self.writer.others_woken = self._others_woken
+        self._sends_seen: dict[int, int] = {}
         self.decoder = link.LinkDecoder(self.limits, accept=self.accept)
         # the C link scan: DATA and CREDIT of channels that need no Python, one call per read
         self._slots = ffi.new("struct fp_chan[]", SCAN_SLOTS)
@@ -153,6 +155,22 @@ class LinkSession:
         for s in corked:
             s.uncork()
 
+    def _others_woken(self, bulk: int) -> bool:
+        """Whether a channel other than ``bulk`` delivered to its local socket
+        since the last call (its client may be waiting to run)."""
+        seen = self._sends_seen
+        woken = False
+        for ch in self.channels.values():
+            sl = ch.slot
+            n = ch.local.sends + (sl.sends if sl is not None else 0)
+            if seen.get(ch.ch) != n:
+                woken |= ch.ch != bulk and ch.ch in seen
+                seen[ch.ch] = n
+        if len(seen) > len(self.channels):
+            for k in [k for k in seen if k not in self.channels]:
+                del seen[k]
+        return woken
+
     def fast_add(self, ch) -> None:
         """Give ``ch`` a slot in the C link scan (when its slot is free)."""
         k = ch.ch % SCAN_SLOTS
@@ -163,7 +181,7 @@ class LinkSession:
         sl.fd = ch.local.fd
         sl.ch = ch.ch
         sl.dir = ch.remote_dir
-        sl.credit = sl.data = sl.touched = 0
+        sl.credit = sl.data = sl.touched = sl.sends = 0
         ch.codec.fast_read_into(sl, ch.local, ch.sf)
         sl.peer_window = ch.peer_window
         sl.acct = ch.acct if ch.acct is not None else ffi.NULL
