@@ -7,6 +7,7 @@ another client was sent something since the last one."""
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
 
@@ -16,6 +17,9 @@ from wlproxy import link, sched
 from wlproxy._codec import lib
 from wlproxy.linkio import GATHER_BYTES, LinkWriter
 from wlproxy.loop import Loop
+from wlproxy.protocol import EVENT
+from helpers_wire import encode
+from tests.test_link_batch import _client, _linked, _run_until
 from tests.test_sched_slice import _kernel_has_custom_slices, _slice_ns
 
 pytestmark = pytest.mark.skipif(not _kernel_has_custom_slices(),
@@ -58,29 +62,45 @@ def test_without_a_short_slice_pixel_work_leaves_the_slice_alone() -> None:
     assert _slice_ns(os.getpid()) == before
 
 
-def test_the_link_writer_copies_pixels_on_the_long_slice_and_messages_on_the_short_one(short) -> None:
+def _writer_with_reader() -> tuple[Loop, LinkWriter, bytearray, threading.Thread]:
+    """A LinkWriter on a socketpair whose peer a thread reads into the bytearray until EOF."""
     loop = Loop()
     a, b = socket.socketpair()
     a.setblocking(False)
     w = LinkWriter(loop, a.detach(), lambda e: pytest.fail(e))
     got = bytearray()
 
-    def drain() -> None:  # the peer reads everything
-        while True:
-            d = b.recv(1 << 20)
-            if not d:
-                return
+    def drain() -> None:
+        while d := b.recv(1 << 20):
             got.extend(d)
 
     reader = threading.Thread(target=drain, daemon=True)
     reader.start()
+    return loop, w, got, reader
+
+
+def _until_idle(loop: Loop, w: LinkWriter) -> None:
+    loop.run_once(0)
+    for _ in range(200):
+        if w.idle_for_c:  # nothing queued, in flight or waited for
+            break
+        loop.run_once(0.05)
+    assert w.idle_for_c and w.queued_bytes == 0
+
+
+def _pixel_frames(ch: int) -> list[bytes]:
+    chunk = 64 << 10
+    return [link.frame(link.DATA, ch, bytes([i % 256]) * chunk) for i in range(3 * GATHER_BYTES // chunk)]
+
+
+def test_the_link_writer_copies_pixels_on_the_long_slice_and_messages_on_the_short_one(short) -> None:
+    loop, w, got, reader = _writer_with_reader()
     small = link.frame(link.DATA, 2, b"hello")
     w.send(2, small)
     loop.run_once(0)
     assert _slice_ns(os.getpid()) == 100_000  # a message is no pixel work
 
-    chunk = 64 << 10
-    parts = [link.frame(link.DATA, 1, bytes([i % 256]) * chunk) for i in range(3 * GATHER_BYTES // chunk)]
+    parts = _pixel_frames(1)
     seen: list[int | None] = []
 
     def job():
@@ -89,12 +109,7 @@ def test_the_link_writer_copies_pixels_on_the_long_slice_and_messages_on_the_sho
             yield [p]
 
     w.send_bulk(1, job(), sum(map(len, parts)))
-    loop.run_once(0)
-    for _ in range(200):
-        if w.idle_for_c:  # nothing queued, in flight or waited for
-            break
-        loop.run_once(0.05)
-    assert w.idle_for_c and w.queued_bytes == 0
+    _until_idle(loop, w)
     # the first gather found the short slice; the rest of the pixels went out on the long one
     assert seen[0] == 100_000 and LONG in seen[1:]
     assert _slice_ns(os.getpid()) == 100_000  # drained: short again
@@ -110,10 +125,7 @@ def test_the_writer_yields_before_pixels_only_when_another_client_was_sent_somet
     CPU-bound neighbour would take every turn offered)."""
     yields: list[int] = []
     monkeypatch.setattr(os, "sched_yield", lambda: yields.append(1))
-    loop = Loop()
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    w = LinkWriter(loop, a.detach(), lambda e: pytest.fail(e))
+    loop, w, got, reader = _writer_with_reader()
     woken = iter([False, True, False, False, False, False])
     asked: list[int] = []
 
@@ -122,17 +134,9 @@ def test_the_writer_yields_before_pixels_only_when_another_client_was_sent_somet
         return next(woken)
 
     w.others_woken = others_woken
-    chunk = 64 << 10
-    parts = [link.frame(link.DATA, 7, bytes([i % 256]) * chunk) for i in range(3 * GATHER_BYTES // chunk)]
-    got = bytearray()
-    reader = threading.Thread(target=lambda: [got.extend(d) for d in iter(lambda: b.recv(1 << 20), b"")],
-                              daemon=True)
-    reader.start()
+    parts = _pixel_frames(7)
     w.send_bulk(7, iter([p] for p in parts), sum(map(len, parts)))
-    for _ in range(200):
-        loop.run_once(0.05)
-        if w.idle_for_c:
-            break
+    _until_idle(loop, w)
     assert asked and set(asked) == {7}  # asked about the others of the channel whose pixels go
     assert len(yields) == 1  # only the slice after the one "woken" answer
     os.close(w.fd)
@@ -143,11 +147,8 @@ def test_the_writer_yields_before_pixels_only_when_another_client_was_sent_somet
 
 def test_the_guest_link_tells_which_clients_were_sent_something() -> None:
     """``LinkSession._others_woken``: a delivery to one client counts for the
-    pixels of any other, once; whether C's scan or Python's writer sent it."""
-    from tests.test_link_batch import _client, _linked, _run_until
-    from helpers_wire import encode
-    from wlproxy.protocol import EVENT
-
+    pixels of any other, once; whether C's link scan or Python's socket
+    writer sent it."""
     loop, lk, host = _linked()
     c1 = _client(lk, socket.SOCK_STREAM)
     c2 = _client(lk, socket.SOCK_STREAM)
@@ -164,11 +165,13 @@ def test_the_guest_link_tells_which_clients_were_sent_something() -> None:
     host.sendall(link.frame(link.DATA, ch1, done))
     _run_until(loop, lambda: _readable(c1))
     assert not lk._others_woken(ch1)  # its own pixels: no reason to yield
+    lk.channels[ch2].local.write(done)  # Python's writer, as for what the C scan leaves to Python
+    _run_until(loop, lambda: _readable(c2))
+    assert c2.recv(64) == done
+    assert lk._others_woken(ch1)
     lk.shutdown("test over", violation=False)
     loop.close()
 
 
 def _readable(s: socket.socket) -> bool:
-    import select
-
     return bool(select.select([s], [], [], 0)[0])

@@ -29,7 +29,7 @@ def add_sched_slice(p: argparse.ArgumentParser, where: str, default: int = 0) ->
     p.add_argument("--sched-slice", type=int, default=default, metavar="USEC",
                    help=f"ask {where} scheduler for a slice this short, so that the proxy runs soon after a "
                    "client wakes it even while other processes keep the CPUs busy; while it copies a large "
-                   "frame it takes a 10 ms slice, so that clients woken meanwhile run first (Linux 6.12 or "
+                   "frame it takes a 3 ms slice, so that clients woken meanwhile run first (Linux 6.12 or "
                    "later; 0: the kernel's default throughout; default: %(default)s)")
 
 

@@ -14,12 +14,11 @@ import os
 import socket
 import struct
 
-from wlproxy import bridges, link, sched
+from wlproxy import bridges, link
 from wlproxy.channel import Channel
 from wlproxy.cli import UserError, add_sched_slice
 from wlproxy.codec import IMPLEMENTATION, INVALID_METHOD, Record
 from wlproxy.fdsock import close_fds
-from wlproxy.linkio import PIXEL_WORK
 from wlproxy.loop import Loop
 from wlproxy.sched import short_slice
 from wlproxy.protocol import REQUEST
@@ -232,11 +231,8 @@ class GuestChannel(Channel):
         self.local.consume(used)
 
     def queue_pixels(self, t: Transfer) -> None:
-        """SHM_DATA frames for ``t``, read from the pool when the link can take
-        them (a large commit on the long slice, ``wlproxy.sched``)."""
+        """SHM_DATA frames for ``t``, read from the pool when the link can take them."""
         total = t.total
-        if total >= PIXEL_WORK:
-            sched.pixel_work()
         mm = t.pool.mm
         key, ch = t.pool.key, self.ch
 

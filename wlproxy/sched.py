@@ -8,11 +8,15 @@ milliseconds of copying into the link, and a client this half wakes meanwhile
 with a reply (a ``wl_display.sync`` done, an input event) should not wait for
 all of it.  EEVDF lets a woken task preempt the running one at once when its
 slice is shorter; otherwise the woken client waits until this half sleeps or
-a tick comes (4 ms at HZ=250).  So for pixel work the half takes a long slice
-(``pixel_work``: 10 ms, longer than any client's default), and it asks for the
-short slice again once the link writer has nothing left to write
-(``pixels_done``).  The link writer also yields before a slice of one client's
-pixels when another client was sent something since the previous slice
+a tick comes (4 ms at HZ=250).  So for pixel work the half takes a longer
+slice (``pixel_work``: 3 ms, longer than a client's default), and it asks for
+the short slice again once the link writer has nothing left to write
+(``pixels_done``).  Not much longer: with 10 ms, a CPU-bound process on the
+same CPU kept winning the CPU from the half's copy and from its replies (the
+interactive p90 7 ms, the stream down from 39 to 31 frames/s).
+
+The link writer also yields before a slice of one client's pixels when
+another client was sent something since the previous slice
 (``LinkSession._others_woken``): that client may be waiting to run.  Only
 then: a CPU-bound neighbour would take every turn offered, and large frames
 took twice as long next to one when every slice yielded.
@@ -29,7 +33,7 @@ log = logging.getLogger("wlproxy.sched")
 
 _short = 0  # µs: the slice asked for, 0: the kernel's default
 _long = False  # in pixel work, on LONG_SLICE
-LONG_SLICE = 10_000  # µs
+LONG_SLICE = 3_000  # µs: above a client's default slice (1.4 ms on these 2-CPU machines)
 
 
 def short_slice(usec: int) -> None:

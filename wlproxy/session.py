@@ -158,17 +158,13 @@ class LinkSession:
     def _others_woken(self, bulk: int) -> bool:
         """Whether a channel other than ``bulk`` delivered to its local socket
         since the last call (its client may be waiting to run)."""
-        seen = self._sends_seen
+        before, now = self._sends_seen, {}
         woken = False
         for ch in self.channels.values():
             sl = ch.slot
-            n = ch.local.sends + (sl.sends if sl is not None else 0)
-            if seen.get(ch.ch) != n:
-                woken |= ch.ch != bulk and ch.ch in seen
-                seen[ch.ch] = n
-        if len(seen) > len(self.channels):
-            for k in [k for k in seen if k not in self.channels]:
-                del seen[k]
+            n = now[ch.ch] = ch.local.sends + (sl.sends if sl is not None else 0)
+            woken |= ch.ch != bulk and before.get(ch.ch, n) != n
+        self._sends_seen = now
         return woken
 
     def fast_add(self, ch) -> None:
