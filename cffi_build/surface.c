@@ -358,26 +358,37 @@ const struct shm_span *sf_spans(struct sf_state *st)
 }
 
 /* -- a commit -------------------------------------------------------------- */
+/* The buffer lies inside its pool, whole rows of `stride` bytes but the last,
+ * which is width * bpp.  A buffer of unknown layout (bpp 0) never sends. */
 static int bounds_ok(const struct sf_buffer *b)
 {
-    uint64_t bpp = b->bpp ? b->bpp : 1;
-    if (b->width <= 0 || b->height <= 0 || b->offset < 0 || (uint64_t)(int64_t)b->stride < b->width * bpp ||
-        b->stride <= 0)
+    if (!b->bpp || b->width <= 0 || b->height <= 0 || b->offset < 0 || b->stride <= 0 ||
+        (uint64_t)b->stride < (uint64_t)b->width * b->bpp)
         return 0;
-    uint64_t end = (uint64_t)b->offset + (uint64_t)b->stride * (uint64_t)(b->height - 1) + b->width * bpp;
+    uint64_t end = (uint64_t)b->offset + (uint64_t)b->stride * (uint64_t)(b->height - 1) +
+                   (uint64_t)b->width * b->bpp;
     return end <= b->pool->size;
+}
+
+/* rows[0:n] (ascending, inside the buffer) as at most `cap` spans into out:
+ * when there are more, one span from the first row's start to the last row's
+ * end, which bounds_ok keeps inside the pool. */
+static uint32_t fit(const struct shm_span *rows, uint32_t n, struct shm_span *dst, uint32_t cap)
+{
+    if (n <= cap) {
+        memcpy(dst, rows, n * sizeof *rows);
+        return n;
+    }
+    uint64_t start = rows[0].offset, end = rows[n - 1].offset + rows[n - 1].len;
+    dst[0].offset = start;
+    dst[0].len = (uint32_t)(end - start);
+    return 1;
 }
 
 /* Row spans of `g` into rows[]; *covered: the region they cover. */
 static uint32_t collect(const struct sf_buffer *b, const struct sf_region *g, struct sf_region *covered)
 {
     int32_t rects[4 * SF_RECTS];
-    if (!b->bpp) { /* unknown layout: whole rows of the whole buffer */
-        int32_t all[4] = {0, 0, b->stride, b->height};
-        covered->full = 1, covered->n = 0;
-        return shm_collect_rows((uint64_t)b->offset, (uint32_t)b->stride, 1, (uint32_t)b->stride,
-                                (uint32_t)b->height, all, 1, rows, ROWS_CAP);
-    }
     uint32_t nr;
     if (g->full) {
         rects[0] = 0, rects[1] = 0, rects[2] = b->width, rects[3] = b->height;
@@ -400,8 +411,14 @@ static uint32_t collect(const struct sf_buffer *b, const struct sf_region *g, st
         memcpy(covered->r, box, sizeof box);
         n = shm_collect_rows((uint64_t)b->offset, (uint32_t)b->stride, b->bpp, (uint32_t)b->width,
                              (uint32_t)b->height, box, 1, rows, ROWS_CAP);
+        if (n > ROWS_CAP) { /* rows that do not touch: one span from the box's first row to its last */
+            int64_t top = y0 < 0 ? 0 : y0, bottom = y1 > b->height ? b->height : y1;
+            rows[0].offset = (uint64_t)b->offset + (uint64_t)top * (uint64_t)b->stride;
+            rows[0].len = (uint32_t)((uint64_t)(bottom - top - 1) * (uint64_t)b->stride + (uint64_t)b->width * b->bpp);
+            n = 1;
+        }
     }
-    return n > ROWS_CAP ? ROWS_CAP : n;
+    return n;
 }
 
 /* What `region` of buffer `b` needs sent, into out[]: diffed against the
@@ -415,8 +432,7 @@ static uint32_t transfer(struct sf_state *st, struct sf_buffer *b, struct sf_reg
     uint64_t stats[3] = {0, 0, 0};
     if (!st->diff) {
         uint32_t n = collect(b, g, &covered);
-        memcpy(out, rows, n * sizeof *rows);
-        return n;
+        return fit(rows, n, out, OUT_CAP);
     }
     uint32_t mode;
     if (b->mode == SF_DIRECT)

@@ -167,3 +167,17 @@ def test_hostile_values_neither_crash_nor_reach_outside_the_pool() -> None:
     finally:
         c.close()
     c.model.commit(3)  # closed: harmless
+
+
+@pytest.mark.parametrize("diff", [True, False])
+@pytest.mark.parametrize("h, pad", [(5000, 4), (9000, 1020)])
+def test_tall_buffers_whose_rows_do_not_touch_arrive_whole(diff: bool, h: int, pad: int) -> None:
+    """One span per row, more rows than the model keeps spans for: 5000 rows of
+    a 1-pixel XRGB buffer with stride 8 (weston accepts it), and 9000 rows 1 KiB
+    apart, more than the rows the model collects at once.  Every row arrives."""
+    c = Client(random.Random(2), 1, h, nbuf=1, diff=diff, pad=pad)
+    try:
+        assert c.frame(0, [(0, 0, 1, h)]) >= h * BPP
+        c.frame(0, [(0, 0, 1, h // 2)])
+    finally:
+        c.close()

@@ -171,16 +171,18 @@ class Channel:
         """A read whose requests the C surface model applied, not forwarded: queue it."""
         raise NotImplementedError
 
-    def local_forward(self, data: memoryview, fds: list) -> None:
+    def local_forward(self, data: memoryview, fds: list) -> bool:
         if fds:  # every fd-carrying message is intercepted, so this is a bug
             close_fds(fds)
             log.error("%s: fds on a forwarded range; closing", self.name)
             self.close("internal error", notify=True)
-            return
+            return True
         self.queue_data(data)
+        return False
 
-    def _local_message(self, rec: Record, data: memoryview, fds: list) -> None:
+    def _local_message(self, rec: Record, data: memoryview, fds: list) -> bool:
         self._by_index[self.local_dir][(rec.iface, rec.opcode)](rec.obj, data, fds)
+        return self.closed  # a protocol error ends the channel: nothing after it is handled
 
     def local_error(self, rec: Record, text: str) -> None:
         raise NotImplementedError
@@ -282,8 +284,9 @@ class Channel:
             self.kinds.popleft()
         self.local.write(data, fds)
 
-    def _remote_message(self, rec: Record, data: memoryview, fds: list) -> None:
+    def _remote_message(self, rec: Record, data: memoryview, fds: list) -> bool:
         self._by_index[self.remote_dir][(rec.iface, rec.opcode)](rec.obj, data, fds)
+        return self.closed
 
     def remote_error(self, rec: Record, text: str) -> None:
         raise NotImplementedError

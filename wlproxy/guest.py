@@ -24,7 +24,7 @@ from wlproxy.sched import short_slice
 from wlproxy.protocol import REQUEST
 from wlproxy.relay import display_error
 from wlproxy.session import LinkSession
-from wlproxy.shm import GuestPool, Surfaces, Transfer
+from wlproxy.shm import SHM_ERROR, GuestPool, Surfaces, Transfer, buffer_error
 from wlproxy.transport import Endpoint, connect, parse
 from wlproxy.virtio_port import end_stale_frame
 from wlproxy.wlsocket import ListeningSocket, SocketError, activated_sockets
@@ -113,13 +113,13 @@ class GuestChannel(Channel):
         fd = fds[0]
         if size <= 0:
             close_fds(fds)
-            self.client_error(obj, 1, f"invalid pool size {size}")  # wl_shm.error.invalid_stride
+            self.client_error(obj, SHM_ERROR["invalid_stride"], f"invalid pool size {size}")
             return
         try:
             pool = GuestPool(self.next_key, fd, size)
         except (OSError, ValueError) as e:
             close_fds(fds)
-            self.client_error(obj, 2, f"cannot map the pool: {e}")  # wl_shm.error.invalid_fd
+            self.client_error(obj, SHM_ERROR["invalid_fd"], f"cannot map the pool: {e}")
             return
         self.next_key += 1
         self.pools[pool_id] = pool
@@ -133,7 +133,7 @@ class GuestChannel(Channel):
             try:
                 pool.resize(size)
             except (OSError, ValueError) as e:
-                self.client_error(obj, 2, f"cannot remap the pool: {e}")
+                self.client_error(obj, SHM_ERROR["invalid_fd"], f"cannot remap the pool: {e}")
                 return
         self.queue_data(data)
 
@@ -141,6 +141,11 @@ class GuestChannel(Channel):
         bid, offset, width, height, stride, fmt = struct.unpack_from("=Iiiiii", data, 8)
         pool = self.pools.get(obj)
         if pool is not None:
+            refused = buffer_error(pool.size, offset, width, height, stride, fmt)
+            if refused:  # the C model only ever sees buffers inside their pool
+                log.warning("%s: protocol error: %s", self.name, refused[1])
+                self.client_error(obj, *refused)
+                return
             pool.refs += 1
             self.buffers[bid] = pool
             self.surfaces.buffer_add(bid, pool, offset, width, height, stride, fmt)

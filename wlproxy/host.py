@@ -30,13 +30,12 @@ from wlproxy.sched import short_slice
 from wlproxy.protocol import EVENT, REQUEST
 from wlproxy.relay import display_error
 from wlproxy.session import LinkSession
-from wlproxy.shm import BYTES_PER_PIXEL, HostPool
+from wlproxy.shm import SHM_ERROR, HostPool, buffer_error
 from wlproxy.transport import accepted, is_listening, listen, parse
 from wlproxy.wlsocket import SocketError, connect_display
 
 log = logging.getLogger("wlproxy.host")
 
-WL_SHM_INVALID_STRIDE, WL_SHM_INVALID_FD = 1, 2
 
 
 # Resource limits enforced on each VM: the policy's ``[limits]``.
@@ -406,7 +405,7 @@ class HostChannel(Channel):
             return
         if kind[0] != "shm" or kind[1].size != size:
             close_fds(fds)
-            self.client_error(obj, WL_SHM_INVALID_FD, "create_pool: the fd record does not match this pool")
+            self.client_error(obj, SHM_ERROR["invalid_fd"], "create_pool: the fd record does not match this pool")
             return
         self.pool_objs[pool_id] = kind[1]
         self.local.write(data, fds)
@@ -432,13 +431,9 @@ class HostChannel(Channel):
 
     def create_buffer(self, obj: int, data: memoryview, fds: list) -> None:
         _, offset, width, height, stride, fmt = struct.unpack_from("=Iiiiii", data, 8)
-        pool = self.pool_objs[obj]
-        bpp = BYTES_PER_PIXEL.get(fmt, 1)
-        if width <= 0 or height <= 0 or stride < width * bpp or offset < 0 or \
-                offset + stride * height > pool.size:
-            self.client_error(obj, WL_SHM_INVALID_STRIDE,
-                              f"invalid buffer: offset {offset} + stride {stride} x height {height} "
-                              f"runs past the pool of {pool.size} bytes (or bad width {width})")
+        refused = buffer_error(self.pool_objs[obj].size, offset, width, height, stride, fmt)
+        if refused:
+            self.client_error(obj, *refused)
             return
         self.local.write(data)
 

@@ -13,8 +13,9 @@ from typing import Callable
 from wlproxy import wire
 from wlproxy.codec import ERROR, MSG, Codec, Record, default_tables
 
-Forward = Callable[[memoryview, list], None]
-OnMessage = Callable[[Record, memoryview, list], None]  # an intercepted message: its record, bytes, fds
+# Both return a true value once the connection has ended (the rest of the input is dropped).
+Forward = Callable[[memoryview, list], object]
+OnMessage = Callable[[Record, memoryview, list], object]  # an intercepted message: its record, bytes, fds
 OnError = Callable[[Record, str], None]
 
 
@@ -27,7 +28,8 @@ def pump(codec: Codec, direction: int, src, forward: Forward, message: OnMessage
 
 def dispatch(codec: Codec, direction: int, src, recs: list[Record], used: int, forward: Forward,
              message: OnMessage, error: OnError) -> int:
-    """Hand on the records ``codec`` gave for ``src``'s buffer; consume ``used`` bytes."""
+    """Hand on the records ``codec`` gave for ``src``'s buffer; consume ``used``
+    bytes.  Stops (-1) at an error, or when a callback says the connection ended."""
     view = src.view
     for r in recs:
         kind = r.kind
@@ -36,10 +38,8 @@ def dispatch(codec: Codec, direction: int, src, recs: list[Record], used: int, f
             return -1
         fds = src.take_fds(r.nfds) if r.nfds else []
         data = view[r.start:r.start + r.length]
-        if kind == MSG:
-            message(r, data, fds)
-        else:
-            forward(data, fds)
+        if message(r, data, fds) if kind == MSG else forward(data, fds):
+            return -1
     src.consume(used)
     return used
 

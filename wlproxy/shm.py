@@ -20,6 +20,7 @@ import struct
 from typing import NamedTuple
 
 from wlproxy._codec import ffi, lib
+from wlproxy.protocol import load
 
 
 def _fourcc(s: str) -> int:
@@ -39,6 +40,25 @@ for _code in ("XR4H", "AR4H", "XB4H", "AB4H"):
     BYTES_PER_PIXEL[_fourcc(_code)] = 8
 for _code in ("R8  ", "C8  "):
     BYTES_PER_PIXEL[_fourcc(_code)] = 1
+
+
+SHM_ERROR: dict[str, int] = load()["wl_shm"].enums["error"]  # wl_shm.error, from the XML
+
+
+def buffer_error(pool_size: int, offset: int, width: int, height: int, stride: int,
+                 fmt: int) -> tuple[int, str] | None:
+    """Why ``wl_shm_pool.create_buffer`` with these arguments is refused, as
+    (wl_shm.error code, message); None if the buffer is good.  Both halves ask
+    this: the format must be one whose bytes per pixel are known, and every row
+    of ``stride`` bytes must lie inside the pool."""
+    bpp = BYTES_PER_PIXEL.get(fmt)
+    if bpp is None:
+        return SHM_ERROR["invalid_format"], f"invalid buffer: unknown format {fmt & 0xFFFFFFFF:#x}"
+    if width <= 0 or height <= 0 or stride < width * bpp or offset < 0 or offset + stride * height > pool_size:
+        return SHM_ERROR["invalid_stride"], (
+            f"invalid buffer: offset {offset} + stride {stride} x height {height} "
+            f"runs past the pool of {pool_size} bytes (or bad width {width})")
+    return None
 
 
 class _Pool:
@@ -145,7 +165,7 @@ class Surfaces:
                    fmt: int) -> None:
         self._pools[int(ffi.cast("uintptr_t", pool.c))] = pool
         if lib.sf_buffer_add(self.c, bid, pool.c, offset, width, height, stride, fmt & 0xFFFFFFFF,
-                             BYTES_PER_PIXEL.get(fmt, 0)) < 0:
+                             BYTES_PER_PIXEL.get(fmt, 0)) < 0:  # 0: unknown, never sent
             raise MemoryError("surface model")
 
     def buffer_remove(self, bid: int) -> None:
