@@ -1,4 +1,4 @@
 """Build hook: setuptools needs setup() to carry cffi's ``cffi_modules``."""
 from setuptools import setup
 
-setup(cffi_modules=["cffi_build/build_codec.py:ffibuilder"])
+setup(cffi_modules=["wlproxy/c/build.py:ffibuilder"])

@@ -15,7 +15,7 @@ C codec: one ``Codec.feed`` per chunk, as the proxies do (validation, object
 map, fd accounting; no messages intercepted, and again with every message
 intercepted, i.e. one record per message).  Python: the same chunks split
 into messages, each message's signature looked up through a Python object
-map (``wlproxy.protocol``) and its arguments decoded with ``wlproxy.wire``,
+map (``wlproxy.core.protocol``) and its arguments decoded with ``wlproxy.core.wire``,
 new ids and delete_id tracked.  No validation on the Python side, so the
 comparison flatters Python.
 """
@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from helpers_wire import read_traffic, traffic_files, write_traffic  # noqa: E402
 
-from wlproxy import wire  # noqa: E402
-from wlproxy.codec import Codec, default_tables  # noqa: E402
-from wlproxy.protocol import EVENT, load  # noqa: E402
+from wlproxy.core import wire  # noqa: E402
+from wlproxy.core.codec import Codec, default_tables  # noqa: E402
+from wlproxy.core.protocol import EVENT, load  # noqa: E402
 
 TRAFFIC = ROOT / "bench" / "traffic"
 
@@ -109,7 +109,7 @@ def record_one(weston, cmd: list[str], sock_name: str) -> list[tuple[int, bytes,
 
 
 def record() -> None:
-    from wlproxy.weston import Weston
+    from wlproxy.tools.weston import Weston
 
     TRAFFIC.mkdir(parents=True, exist_ok=True)
     with Weston(debug=False) as w:

@@ -1,11 +1,11 @@
 """Shared fixtures: real headless weston instances and real Wayland clients.
 
-* ``weston``: a fresh :class:`wlproxy.weston.Weston` (640x480, desktop shell,
+* ``weston``: a fresh :class:`wlproxy.tools.weston.Weston` (640x480, desktop shell,
   ``--debug`` so screenshots work) per test; skips if weston can't run here.
 * ``weston_factory``: ``weston_factory(width=..., debug=False, ...)`` for other
   settings; every instance is stopped after the test.
-* ``spawn_client``: start a client subprocess (:class:`wlproxy.clients.ClientProcess`)
-  that is stopped after the test; ``spawn_client("wlproxy.clients.pattern", "--frames", "2",
+* ``spawn_client``: start a client subprocess (:class:`wlproxy.tools.clients.ClientProcess`)
+  that is stopped after the test; ``spawn_client("wlproxy.tools.clients.pattern", "--frames", "2",
   env=weston.env())`` runs a module with this interpreter (stopped by closing
   its stdin), a list runs a command (stopped by SIGTERM).
 * ``run_client``: run a client to completion with a timeout, returning the
@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from wlproxy.clients import ClientProcess  # noqa: E402
-from wlproxy.weston import Weston, weston_available  # noqa: E402
+from wlproxy.tools.clients import ClientProcess  # noqa: E402
+from wlproxy.tools.weston import Weston, weston_available  # noqa: E402
 
 
 def _child_env(env: Mapping[str, str] | None) -> dict[str, str]:

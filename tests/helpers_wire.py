@@ -1,7 +1,7 @@
 """Raw Wayland wire helpers for the codec, trace and malformed-input tests.
 
 Nothing here uses libwayland: messages are built from the protocol model
-(``wlproxy.protocol``) with ``wlproxy.wire.encode``, or byte by byte when a
+(``wlproxy.core.protocol``) with ``wlproxy.core.wire.encode``, or byte by byte when a
 test needs a message no encoder would produce.  ``RawClient`` is a minimal
 blocking client over a Unix socket that keeps just enough of an object map
 to decode the events it receives.  ``read_traffic`` reads the recordings in
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from wlproxy import wire
-from wlproxy.protocol import REQUEST, load
+from wlproxy.core import wire
+from wlproxy.core.protocol import REQUEST, load
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAFFIC_DIR = ROOT / "bench" / "traffic"

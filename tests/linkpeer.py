@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from helpers_wire import encode as msg
-from wlproxy import link, wire
+from wlproxy.core import link, wire
 
 
 class LinkPeer:

@@ -41,7 +41,7 @@ def iface_class(name: str):
         from pywayland.protocol import wayland
 
         return getattr(wayland, cls)
-    from wlproxy.clients import load_protocol
+    from wlproxy.tools.clients import load_protocol
 
     for xml in sorted((ROOT / "protocols").glob("*.xml")):
         if re.search(rf'<interface name="{name}"', xml.read_text()):

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Mapping
 
-from hostvm.procs import NotReady, unix_accepts, wait_until
-from wlproxy.pair import HostHalf, ProxyPair, wlproxy_command
+from wlproxy.vm.procs import NotReady, unix_accepts, wait_until
+from wlproxy.tools.pair import HostHalf, ProxyPair, wlproxy_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = str(Path(__file__).resolve().parent / "policy_clients.py")

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from hostvm import image, qemu
+from wlproxy.vm import image, qemu
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,7 +1,7 @@
 """The whole mission in one test: a Linux guest under qemu (TCG), the guest half inside it,
 and its windows on the host's weston.
 
-Through ``wlproxy vm start --hypervisor qemu`` (see :mod:`hostvm.scenario`): weston headless
+Through ``wlproxy vm start --hypervisor qemu`` (see :mod:`wlproxy.tools.scenario`): weston headless
 (pixman) on the host; the guest boots; the pywayland pattern client inside the guest draws a
 known pattern; from the host, weston has a toplevel titled ``[<vm>] ...`` (weston's own
 ``proto`` log scope: every request as weston decoded it) whose pixels match the pattern exactly
@@ -24,11 +24,11 @@ import pytest
 
 pytest.importorskip("pywayland")
 
-from hostvm import guestinit  # noqa: E402
-from hostvm.procs import ProcRef  # noqa: E402
-from hostvm.scenario import AppVmSession, toplevel_titles, weston_requests  # noqa: E402
-from wlproxy.clients.pattern import frame_pixels  # noqa: E402
-from wlproxy.clients.screenshot import screenshot  # noqa: E402
+from wlproxy.vm import guestinit  # noqa: E402
+from wlproxy.vm.procs import ProcRef  # noqa: E402
+from wlproxy.tools.scenario import AppVmSession, toplevel_titles, weston_requests  # noqa: E402
+from wlproxy.tools.clients.pattern import frame_pixels  # noqa: E402
+from wlproxy.tools.clients.screenshot import screenshot  # noqa: E402
 from qemu_helpers import guest_image  # noqa: E402,F401
 
 VM = "e2e"
@@ -160,8 +160,8 @@ say "end"
 # start of a 60000-byte DATA frame; then it exits.
 PARTIAL_FRAME = r"""
 import os, select, time
-from wlproxy import link
-from wlproxy.virtio_port import wait_host_connected, wait_virtio_port
+from wlproxy.core import link
+from wlproxy.io.virtio_port import wait_host_connected, wait_virtio_port
 path = wait_virtio_port("wlproxy.0", 10)
 for attempt in range(20):
     fd = os.open(path, os.O_RDWR)

@@ -16,8 +16,8 @@ import pytest
 pytest.importorskip("pywayland")
 pytest.importorskip("numpy")
 
-from wlproxy.bench.placement import Placement  # noqa: E402
-from wlproxy.weston import weston_available  # noqa: E402
+from wlproxy.tools.bench.placement import Placement  # noqa: E402
+from wlproxy.tools.weston import weston_available  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

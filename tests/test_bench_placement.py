@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from wlproxy.bench import procstat
-from wlproxy.bench.placement import Placement
+from wlproxy.tools.bench import procstat
+from wlproxy.tools.bench.placement import Placement
 
 
 def test_split_halves_the_cpus_appvm_side_first() -> None:

@@ -1,4 +1,4 @@
-"""Unit tests of the sans-IO C codec (``wlproxy.codec.Codec``) and the wire helpers.
+"""Unit tests of the sans-IO C codec (``wlproxy.core.codec.Codec``) and the wire helpers.
 
 The codec is fed bytes exactly as a proxy receives them: a buffer that the
 caller keeps (``feed`` returns how much it consumed), plus a count of fds
@@ -10,10 +10,10 @@ from __future__ import annotations
 import pytest
 
 from helpers_wire import encode, header, raw, split, string, u32
-from wlproxy import wire
-from wlproxy.codec import (DEFAULT_MAX_MESSAGE, ERROR, INVALID_METHOD, INVALID_OBJECT, MSG, NO_MEMORY, PASS,
+from wlproxy.core import wire
+from wlproxy.core.codec import (DEFAULT_MAX_MESSAGE, ERROR, INVALID_METHOD, INVALID_OBJECT, MSG, NO_MEMORY, PASS,
                            SERVER_ID_START, Codec, default_tables)
-from wlproxy.protocol import EVENT, REQUEST, load
+from wlproxy.core.protocol import EVENT, REQUEST, load
 
 P = load()
 
@@ -605,8 +605,8 @@ def test_read_forward_reads_validates_and_writes_the_link_frame():
     import os
     import socket
 
-    from wlproxy import link
-    from wlproxy.fdsock import StreamIn
+    from wlproxy.core import link
+    from wlproxy.io.fdsock import StreamIn
     p = started()
     client, local = socket.socketpair()
     link_w, link_r = socket.socketpair()

@@ -27,9 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers_wire import read_traffic, traffic_files
-from wlproxy import wire
-from wlproxy.codec import ERROR, MSG, PASS, SERVER_ID_START, Codec, default_tables
-from wlproxy.protocol import EVENT, REQUEST
+from wlproxy.core import wire
+from wlproxy.core.codec import ERROR, MSG, PASS, SERVER_ID_START, Codec, default_tables
+from wlproxy.core.protocol import EVENT, REQUEST
 
 RECORDINGS = {f.stem: read_traffic(f) for f in traffic_files()}
 TABLES = default_tables()

@@ -1,4 +1,4 @@
-"""C's fast loop (``cffi_build/fastloop.c``): plain round trips through an
+"""C's fast loop (``wlproxy/c/fastloop.c``): plain round trips through an
 in-process guest link never reach Python, the credit they earn rides on the
 next write to the link, and whatever needs Python still gets there, in order."""
 
@@ -8,9 +8,9 @@ import socket
 
 from helpers_wire import encode
 from test_link_batch import _client, _link_frames, _linked, _run_until
-from wlproxy import link
-from wlproxy.loop import Loop
-from wlproxy.protocol import EVENT, REQUEST
+from wlproxy.core import link
+from wlproxy.io.loop import Loop
+from wlproxy.core.protocol import EVENT, REQUEST
 
 
 def _count_python_callbacks(loop) -> list[int]:
@@ -123,7 +123,8 @@ def test_a_request_python_must_see_goes_through_python_in_order() -> None:
 def _host_link(monkeypatch):
     """A real HostServer on one end of a socketpair, fake compositors for its clients."""
     from fuzz.harness import FakeCompositor
-    from wlproxy import host, policy
+    from wlproxy.halves import host
+    from wlproxy.core import policy
 
     loop = Loop()
     fakes: list = []

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import socket
 
-from wlproxy.fdsock import FdSocket
-from wlproxy.loop import Loop
+from wlproxy.io.fdsock import FdSocket
+from wlproxy.io.loop import Loop
 
 
 class CountingSocket(socket.socket):

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from helpers_wire import RawClient, display_errors, memfd
-from wlproxy.pair import ProxyPair
-from wlproxy.shm import SHM_ERROR, _fourcc
-from wlproxy.weston import Weston, weston_available
+from wlproxy.tools.pair import ProxyPair
+from wlproxy.core.shm import SHM_ERROR, _fourcc
+from wlproxy.tools.weston import Weston, weston_available
 
 XRGB = 1
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from wlproxy import link
-from wlproxy.guest import HELLO_TIMEOUT
-from wlproxy.pair import GuestHalf, HostHalf
+from wlproxy.core import link
+from wlproxy.halves.guest import HELLO_TIMEOUT
+from wlproxy.tools.pair import GuestHalf, HostHalf
 
 
 def _wayland_info(env) -> subprocess.Popen:

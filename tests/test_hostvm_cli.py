@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_hostvm_common import (ROOT, gone, make_vm, read_pids, short_tmpdir, standin_host_command,  # noqa: E402
                                 wait_for)
 
-from hostvm import rundir  # noqa: E402
-from hostvm.rundir import RunPaths  # noqa: E402
+from wlproxy.vm import rundir  # noqa: E402
+from wlproxy.vm.rundir import RunPaths  # noqa: E402
 from wlproxy.cli import main  # noqa: E402
 
 
@@ -133,9 +133,9 @@ def test_start_refuses_name_with_colon(root: Path, capsys: pytest.CaptureFixture
 def test_start_with_qemu_unavailable(root: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     make_vm(root / "vms", "web")
-    monkeypatch.setitem(sys.modules, "hostvm.qemu", None)  # as if the qemu backend were not installed
+    monkeypatch.setitem(sys.modules, "wlproxy.vm.qemu", None)  # as if the qemu backend were not installed
     assert vm(root, "start", "web", "--hypervisor", "qemu") == 2
-    assert "the qemu backend (hostvm.qemu) is not available in this installation" in capsys.readouterr().err
+    assert "the qemu backend (wlproxy.vm.qemu) is not available in this installation" in capsys.readouterr().err
     assert read_pids(root / "pids") == []
 
 
@@ -212,7 +212,7 @@ def test_systemd_units_verify(root: Path) -> None:
 
 
 def test_systemd_quoting() -> None:
-    from hostvm.servicegen import systemd_quote
+    from wlproxy.vm.servicegen import systemd_quote
     assert systemd_quote("/run/vm") == "/run/vm"
     assert systemd_quote("/my vms/50%") == '"/my vms/50%%"'
     assert systemd_quote('a"b$c') == '"a\\"b$$c"'
@@ -250,6 +250,6 @@ def test_host_half_unknown_vm(root: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_image_unavailable_is_a_clear_error(root: Path, capsys: pytest.CaptureFixture[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "hostvm.image", None)
+    monkeypatch.setitem(sys.modules, "wlproxy.vm.image", None)
     assert main(["vm", "image", "build"]) == 2
-    assert "guest image tooling (hostvm.image) is not available" in capsys.readouterr().err
+    assert "guest image tooling (wlproxy.vm.image) is not available" in capsys.readouterr().err

@@ -21,10 +21,10 @@ from typing import Iterator
 
 import pytest
 
-from hostvm import hosthalf
-from hostvm.hypervisor import Hypervisor, HypervisorError
-from hostvm.rundir import RunPaths
-from hostvm.vmdef import VmDef
+from wlproxy.vm import hosthalf
+from wlproxy.vm.hypervisor import Hypervisor, HypervisorError
+from wlproxy.vm.rundir import RunPaths
+from wlproxy.vm.vmdef import VmDef
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -209,7 +209,7 @@ class StandinHypervisor(Hypervisor):
             raise HypervisorError(self.fail_boot)
 
     def shutdown(self, paths: RunPaths, timeout: float) -> None:
-        from hostvm import rundir
+        from wlproxy.vm import rundir
         self.shutdowns += 1
         ref = rundir.state_proc(rundir.read_state(paths), "vmm")
         if ref is not None and ref.alive():

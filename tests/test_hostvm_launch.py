@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_hostvm_common import (StandinHypervisor, gone, host_command, own_tmp, read_pids,  # noqa: E402,F401
                                 standin_vm_root)
 
-from hostvm import launch, rundir, vmdef  # noqa: E402
-from hostvm.cloudhv import CloudHypervisor  # noqa: E402
-from hostvm.hosthalf import SpawnedHostHalf, make_host_half  # noqa: E402
-from hostvm.procs import unix_accepts  # noqa: E402
-from hostvm.rundir import RunPaths  # noqa: E402
+from wlproxy.vm import launch, rundir, vmdef  # noqa: E402
+from wlproxy.vm.cloudhv import CloudHypervisor  # noqa: E402
+from wlproxy.vm.hosthalf import SpawnedHostHalf, make_host_half  # noqa: E402
+from wlproxy.vm.procs import unix_accepts  # noqa: E402
+from wlproxy.vm.rundir import RunPaths  # noqa: E402
 
 
 @dataclass

@@ -22,13 +22,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from test_hostvm_common import children_of, gone, make_vm, read_pids, short_tmpdir, standin_host_command  # noqa: E402
 
-from hostvm import launch, vmdef  # noqa: E402
-from hostvm.chapi import ApiError, ChClient  # noqa: E402
-from hostvm.cloudhv import ENV_BINARY, CloudHypervisor, find_binary, vm_config  # noqa: E402
-from hostvm.hosthalf import make_host_half  # noqa: E402
-from hostvm.procs import stop_child, wait_until  # noqa: E402
-from hostvm.rundir import RunPaths  # noqa: E402
-from hostvm.supervise import Supervisor  # noqa: E402
+from wlproxy.vm import launch, vmdef  # noqa: E402
+from wlproxy.vm.chapi import ApiError, ChClient  # noqa: E402
+from wlproxy.vm.cloudhv import ENV_BINARY, CloudHypervisor, find_binary, vm_config  # noqa: E402
+from wlproxy.vm.hosthalf import make_host_half  # noqa: E402
+from wlproxy.vm.procs import stop_child, wait_until  # noqa: E402
+from wlproxy.vm.rundir import RunPaths  # noqa: E402
+from wlproxy.vm.supervise import Supervisor  # noqa: E402
 
 CH = os.environ.get(ENV_BINARY) or shutil.which("cloud-hypervisor")
 pytestmark = pytest.mark.skipif(

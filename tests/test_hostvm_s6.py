@@ -23,11 +23,11 @@ from test_hostvm_common import (ROOT, StandinHypervisor, gone, make_vm, read_pid
                                 real_host_problem, weston_args,
                                 short_tmpdir, standin_host_command, wait_for)
 
-from hostvm import launch, vmdef  # noqa: E402
-from hostvm.hosthalf import make_host_half  # noqa: E402
-from hostvm.procs import unix_accepts  # noqa: E402
-from hostvm.rundir import RunPaths  # noqa: E402
-from hostvm.supervise import Supervisor  # noqa: E402
+from wlproxy.vm import launch, vmdef  # noqa: E402
+from wlproxy.vm.hosthalf import make_host_half  # noqa: E402
+from wlproxy.vm.procs import unix_accepts  # noqa: E402
+from wlproxy.vm.rundir import RunPaths  # noqa: E402
+from wlproxy.vm.supervise import Supervisor  # noqa: E402
 from wlproxy.cli import main as wlproxy_main  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("s6-svscan") is None, reason="s6 is not installed (apt-get install s6)")

@@ -25,11 +25,11 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from test_hostvm_common import StandinHypervisor, make_vm, own_tmp, short_tmpdir  # noqa: E402,F401
 
-from hostvm import vmdef  # noqa: E402
-from hostvm.chapi import ApiError, ApiUnavailable, ChClient, UnixHTTPConnection, error_messages  # noqa: E402
-from hostvm.cloudhv import CloudHypervisor, vm_config  # noqa: E402
-from hostvm.hypervisor import HypervisorError  # noqa: E402
-from hostvm.rundir import RunPaths  # noqa: E402
+from wlproxy.vm import vmdef  # noqa: E402
+from wlproxy.vm.chapi import ApiError, ApiUnavailable, ChClient, UnixHTTPConnection, error_messages  # noqa: E402
+from wlproxy.vm.cloudhv import CloudHypervisor, vm_config  # noqa: E402
+from wlproxy.vm.hypervisor import HypervisorError  # noqa: E402
+from wlproxy.vm.rundir import RunPaths  # noqa: E402
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "specs" / "cloud-hypervisor.yaml"
 
@@ -279,7 +279,7 @@ def test_connection_class_is_http_client(api: _FakeApi) -> None:
 
 
 def test_spawn_reports_missing_binary(own_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hostvm.hypervisor import HypervisorUnavailable
+    from wlproxy.vm.hypervisor import HypervisorUnavailable
     monkeypatch.delenv("WLPROXY_CLOUD_HYPERVISOR", raising=False)
     make_vm(own_tmp / "vms", "appvm")
     vm = vmdef.load(own_tmp / "vms", "appvm")

@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_hostvm_common import (ROOT, StandinHypervisor, gone, host_command, own_tmp,  # noqa: E402,F401
                                 read_pids, standin_vm_root, wait_for)
 
-from hostvm import hosthalf, hypervisor, launch, rundir, vmdef  # noqa: E402
-from hostvm.hosthalf import make_host_half  # noqa: E402
-from hostvm.procs import ProcRef, unix_accepts  # noqa: E402
-from hostvm.rundir import RunPaths  # noqa: E402
-from hostvm.supervise import Supervisor  # noqa: E402
+from wlproxy.vm import hosthalf, hypervisor, launch, rundir, vmdef  # noqa: E402
+from wlproxy.vm.hosthalf import make_host_half  # noqa: E402
+from wlproxy.vm.procs import ProcRef, unix_accepts  # noqa: E402
+from wlproxy.vm.rundir import RunPaths  # noqa: E402
+from wlproxy.vm.supervise import Supervisor  # noqa: E402
 from wlproxy.cli import main as wlproxy_main  # noqa: E402
 
 
@@ -163,10 +163,10 @@ DRIVER = r'''
 import sys
 from pathlib import Path
 from test_hostvm_common import StandinHypervisor
-from hostvm import launch, vmdef
-from hostvm.hosthalf import make_host_half
-from hostvm.rundir import RunPaths
-from hostvm.supervise import Supervisor
+from wlproxy.vm import launch, vmdef
+from wlproxy.vm.hosthalf import make_host_half
+from wlproxy.vm.rundir import RunPaths
+from wlproxy.vm.supervise import Supervisor
 from wlproxy.logs import setup_logging
 
 root = Path(sys.argv[1])

@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from test_hostvm_common import make_vm, own_tmp  # noqa: E402,F401
 
-from hostvm import vmdef  # noqa: E402
+from wlproxy.vm import vmdef  # noqa: E402
 
 
 def test_minimal_vm_gets_defaults(own_tmp: Path) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from helpers_wire import RawClient, display_errors, memfd
-from wlproxy.pair import GuestHalf, HostHalf, ProxyPair
-from wlproxy.weston import Weston
+from wlproxy.tools.pair import GuestHalf, HostHalf, ProxyPair
+from wlproxy.tools.weston import Weston
 
 
 def _fds(pid: int) -> int:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from wlproxy import link
-from wlproxy.pair import HostHalf
-from wlproxy.weston import Weston
+from wlproxy.core import link
+from wlproxy.tools.pair import HostHalf
+from wlproxy.tools.weston import Weston
 
 from linkpeer import LinkPeer, msg, split
 

@@ -14,10 +14,10 @@ import time
 import pytest
 
 from helpers_wire import encode
-from wlproxy import link
-from wlproxy.guest import GuestLink
-from wlproxy.loop import Loop
-from wlproxy.protocol import EVENT
+from wlproxy.core import link
+from wlproxy.halves.guest import GuestLink
+from wlproxy.io.loop import Loop
+from wlproxy.core.protocol import EVENT
 
 
 class _Server:

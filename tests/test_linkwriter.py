@@ -9,9 +9,9 @@ import socket
 
 import pytest
 
-from wlproxy import link
-from wlproxy.linkio import LinkWriter
-from wlproxy.loop import Loop
+from wlproxy.core import link
+from wlproxy.io.linkio import LinkWriter
+from wlproxy.io.loop import Loop
 
 
 def _writer() -> tuple[Loop, LinkWriter, socket.socket, list]:
@@ -60,7 +60,7 @@ def test_a_large_frame_leaves_in_slices_so_other_channels_get_in_between() -> No
     """A frame of pixels bigger than FLUSH_SLICE does not leave in one go: the
     loop gets a turn after each slice, and a small frame of another channel
     queued meanwhile reaches the peer before the rest of the pixels."""
-    from wlproxy import linkio
+    from wlproxy.io import linkio
 
     loop, w, peer, errors = _writer()
     chunk = 256 << 10

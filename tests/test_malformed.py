@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from helpers_wire import (RawClient, display_errors, encode, header, memfd, opcode, raw, string, u32)
-from wlproxy import wire
-from wlproxy.codec import INVALID_METHOD, INVALID_OBJECT
-from wlproxy.weston import Weston, weston_available
+from wlproxy.core import wire
+from wlproxy.core.codec import INVALID_METHOD, INVALID_OBJECT
+from wlproxy.tools.weston import Weston, weston_available
 
 ROOT = Path(__file__).resolve().parent.parent
 SOCKET = "wlproxy-malformed-trace"

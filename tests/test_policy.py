@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from wlproxy import policy
-from wlproxy.host import clean_app_id, clean_title
+from wlproxy.core import policy
+from wlproxy.halves.host import clean_app_id, clean_title
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,7 +176,7 @@ def test_title_and_app_id_cleaning() -> None:
 def test_forbidden_globals_stay_hidden_whatever_the_policy_object_says() -> None:
     import dataclasses
 
-    from wlproxy.host import HostServer
+    from wlproxy.halves.host import HostServer
 
     p = dataclasses.replace(policy.default("vm1"), globals={"weston_screenshooter": 1, "wl_seat": 99,
                                                              "zwp_linux_dmabuf_v1": 4, "nonexistent_v1": 1})

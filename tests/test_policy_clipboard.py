@@ -25,7 +25,7 @@ import pytest
 
 pytest.importorskip("pywayland")
 
-from wlproxy.weston import Weston, weston_available  # noqa: E402
+from wlproxy.tools.weston import Weston, weston_available  # noqa: E402
 
 from policy_helpers import CLIENTS, policy_pair  # noqa: E402
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from wlproxy import link, wire
-from wlproxy.codec import default_tables
-from wlproxy.weston import Weston, weston_available
+from wlproxy.core import link, wire
+from wlproxy.core.codec import default_tables
+from wlproxy.tools.weston import Weston, weston_available
 
 from linkpeer import LinkPeer, split
 from policy_helpers import PolicyHost
@@ -338,8 +338,9 @@ def test_pending_link_bytes_limit_drops_the_link(caplog: pytest.LogCaptureFixtur
     for a guest that does not read, its link is dropped with an audit line."""
     import socket as _socket
 
-    from wlproxy import host as _host_mod, policy as _policy
-    from wlproxy.loop import Loop
+    from wlproxy.halves import host as _host_mod
+    from wlproxy.core import policy as _policy
+    from wlproxy.io.loop import Loop
 
     pol = _policy.parse('[limits]\npending_link_bytes = "256 KiB"\n', "slow")
     loop = Loop()

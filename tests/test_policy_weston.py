@@ -16,8 +16,8 @@ import pytest
 
 pytest.importorskip("pywayland")
 
-from wlproxy import bridges, policy  # noqa: E402
-from wlproxy.weston import Weston, weston_available  # noqa: E402
+from wlproxy.core import bridges, policy  # noqa: E402
+from wlproxy.tools.weston import Weston, weston_available  # noqa: E402
 
 from policy_helpers import CLIENTS, PolicyHost, audit_events, policy_pair  # noqa: E402
 
@@ -89,7 +89,7 @@ def test_wayland_info_lists_exactly_the_allowed_globals_at_capped_versions(westo
 
 def _everything_allowed() -> str:
     """A policy allowing every interface validation lets through."""
-    from wlproxy.protocol import load
+    from wlproxy.core.protocol import load
 
     proto = load()
     lines = ["[globals.allow]"]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hostvm import guestinit, qemu
-from hostvm.qemu import Port, QemuError, QemuVm, VmConfig, VmFiles
+from wlproxy.vm import guestinit, qemu
+from wlproxy.vm.qemu import Port, QemuError, QemuVm, VmConfig, VmFiles
 from qemu_helpers import guest_image, qemu_cannot_run  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,7 +150,7 @@ def test_power_button_stops_guest_command(run_dir, guest_image):
 
 GUEST_SCRIPT = textwrap.dedent("""
     import json, os, stat, sys, time
-    from wlproxy.virtio_port import wait_host_connected, wait_virtio_port
+    from wlproxy.io.virtio_port import wait_host_connected, wait_virtio_port
 
     def facts(path):
         runtime = os.environ["XDG_RUNTIME_DIR"]
@@ -253,10 +253,10 @@ def test_boot_guest_talks_over_virtio_console(run_dir, guest_image):
 @needs_qemu
 def test_hypervisor_backend_for_launcher(run_dir, guest_image, tmp_path):
     """make_hypervisor() fits hostvm.launch: spawn, boot (ready), vm_state, shutdown."""
-    pytest.importorskip("hostvm.hypervisor")
-    from hostvm.hypervisor import get_hypervisor
-    from hostvm.rundir import RunPaths
-    from hostvm.vmdef import VmDef
+    pytest.importorskip("wlproxy.vm.hypervisor")
+    from wlproxy.vm.hypervisor import get_hypervisor
+    from wlproxy.vm.rundir import RunPaths
+    from wlproxy.vm.vmdef import VmDef
 
     (tmp_path / "share-root").write_text("/\n")
     vm = VmDef(name="hv1", path=tmp_path, kernel=guest_image.vmlinux, disks=(),
@@ -288,12 +288,12 @@ def test_hypervisor_backend_for_launcher(run_dir, guest_image, tmp_path):
 def test_vm_definition_boots_through_launcher_backend(run_dir, guest_image, tmp_path):
     """write_vm_definition() gives a directory hostvm.vmdef accepts and the qemu backend boots;
     the guest runs its command (here without the guest half) and powers off."""
-    pytest.importorskip("hostvm.vmdef")
-    from hostvm import vmdef
-    from hostvm.guestdef import write_vm_definition
-    from hostvm.rundir import RunPaths
+    pytest.importorskip("wlproxy.vm.vmdef")
+    from wlproxy.vm import vmdef
+    from wlproxy.vm.guestdef import write_vm_definition
+    from wlproxy.vm.rundir import RunPaths
 
-    script = "import wlproxy.virtio_port as v; print('port', v.find_virtio_port('wlproxy.0'))"
+    script = "import wlproxy.io.virtio_port as v; print('port', v.find_virtio_port('wlproxy.0'))"
     write_vm_definition(tmp_path / "vms" / "app1", guest_image, ["/usr/bin/python3", "-c", script],
                         with_guest_half=False)
     vm = vmdef.load(tmp_path / "vms", "app1")
@@ -324,7 +324,7 @@ STANDIN_GUEST_HALF = textwrap.dedent("""
     # Stands in for `wlproxy guest`: listens on $XDG_RUNTIME_DIR/wayland-0 and relays
     # one client's bytes to and from the virtio-console port.
     import os, select, socket, stat, sys
-    from wlproxy.virtio_port import wait_host_connected, wait_virtio_port
+    from wlproxy.io.virtio_port import wait_host_connected, wait_virtio_port
     port = os.open(wait_virtio_port("wlproxy.0", 30), os.O_RDWR)
     runtime = os.environ["XDG_RUNTIME_DIR"]
     assert stat.S_IMODE(os.stat(runtime).st_mode) == 0o700

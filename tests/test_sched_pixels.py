@@ -1,4 +1,4 @@
-"""Pixel work on a long slice (``wlproxy.sched``): a half with a short slice
+"""Pixel work on a long slice (``wlproxy.io.sched``): a half with a short slice
 takes a long one before copying a large frame into the link, so that a client
 woken meanwhile preempts the copy, and asks for the short slice again once the
 link writer has drained.  The writer yields before a slice of pixels only when
@@ -13,11 +13,12 @@ import threading
 
 import pytest
 
-from wlproxy import link, sched
+from wlproxy.core import link
+from wlproxy.io import sched
 from wlproxy._codec import lib
-from wlproxy.linkio import GATHER_BYTES, LinkWriter
-from wlproxy.loop import Loop
-from wlproxy.protocol import EVENT
+from wlproxy.io.linkio import GATHER_BYTES, LinkWriter
+from wlproxy.io.loop import Loop
+from wlproxy.core.protocol import EVENT
 from helpers_wire import encode
 from tests.test_link_batch import _client, _linked, _run_until
 from tests.test_sched_slice import _kernel_has_custom_slices, _slice_ns

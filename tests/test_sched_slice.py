@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from wlproxy.pair import GuestHalf
+from wlproxy.tools.pair import GuestHalf
 
 
 def _slice_ns(pid: int) -> int | None:

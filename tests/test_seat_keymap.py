@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("pywayland")
 
-from wlproxy.pair import ProxyPair  # noqa: E402
+from wlproxy.tools.pair import ProxyPair  # noqa: E402
 
 from test_policy_clipboard import xweston  # noqa: E402,F401  (the fixture)
 

@@ -15,13 +15,13 @@ import pytest
 
 pytest.importorskip("pywayland")
 
-from wlproxy import bridges, policy  # noqa: E402
-from wlproxy.clients.pattern import frame_pixels, pattern  # noqa: E402
-from wlproxy.clients.screenshot import locate_all, screenshot  # noqa: E402
-from wlproxy.pair import ProxyPair  # noqa: E402
-from wlproxy.weston import Weston  # noqa: E402
+from wlproxy.core import bridges, policy  # noqa: E402
+from wlproxy.tools.clients.pattern import frame_pixels, pattern  # noqa: E402
+from wlproxy.tools.clients.screenshot import locate_all, screenshot  # noqa: E402
+from wlproxy.tools.pair import ProxyPair  # noqa: E402
+from wlproxy.tools.weston import Weston  # noqa: E402
 
-PATTERN = "wlproxy.clients.pattern"
+PATTERN = "wlproxy.tools.clients.pattern"
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_eight_clients_one_streaming_1080p(pair: ProxyPair, weston: Weston, spaw
     idle = [spawn_client(PATTERN, "--width", "64", "--height", "64", "--pattern", "bars", env=env) for _ in range(6)]
     for c in idle:
         c.wait_line("frame 0 ", timeout=30)
-    res = run_client("wlproxy.clients.roundtrip", "--count", "200", "--interval", "0.002", env=env, timeout=60)
+    res = run_client("wlproxy.tools.clients.roundtrip", "--count", "200", "--interval", "0.002", env=env, timeout=60)
     assert res.returncode == 0, res.stderr
     stats = json.loads(res.stdout)
     print("interactive roundtrip while streaming 1080p:", stats)

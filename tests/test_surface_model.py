@@ -1,4 +1,4 @@
-"""The guest half's surface model (``cffi_build/surface.c`` through ``Surfaces``),
+"""The guest half's surface model (``wlproxy/c/surface.c`` through ``Surfaces``),
 driven directly: random frames of double-buffering clients, with the spans
 each commit gives copied into a stand-in for the host's pool.  After every
 commit the host's copy of the committed buffer must equal the client's."""
@@ -11,8 +11,9 @@ import random
 
 import pytest
 
-from wlproxy.codec import Codec
-from wlproxy.shm import GuestPool, Surfaces
+from wlproxy.core.codec import Codec
+from wlproxy.core.shm import Surfaces
+from wlproxy.io.pools import GuestPool
 
 XRGB = 1
 BPP = 4

@@ -57,8 +57,8 @@ from pathlib import Path
 
 import pytest
 
-from wlproxy.protocol import load
-from wlproxy.weston import Weston, weston_available
+from wlproxy.core.protocol import load
+from wlproxy.tools.weston import Weston, weston_available
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from hostvm import guestinit, guestrun, image
-from hostvm.cpio import CpioWriter
-from hostvm.kmod import ModuleError, ModuleIndex, modinfo, module_name
-from wlproxy.virtio_port import PortNotFound, find_virtio_port, wait_virtio_port
+from wlproxy.vm import guestinit, guestrun, image
+from wlproxy.vm.cpio import CpioWriter
+from wlproxy.vm.kmod import ModuleError, ModuleIndex, modinfo, module_name
+from wlproxy.io.virtio_port import PortNotFound, find_virtio_port, wait_virtio_port
 
 BUSYBOX = shutil.which("busybox")
 needs_busybox = pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed")
-SERVICE_DIR = Path(__file__).resolve().parent.parent / "hostvm" / "guest-services" / "wlproxy-guest"
+SERVICE_DIR = Path(__file__).resolve().parent.parent / "wlproxy" / "vm" / "guest-services" / "wlproxy-guest"
 
 
 # -- cpio ------------------------------------------------------------------------------------------

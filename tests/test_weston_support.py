@@ -17,12 +17,12 @@ import pytest
 
 pytest.importorskip("pywayland")
 
-from wlproxy.clients import load_protocol  # noqa: E402
-from wlproxy.clients.pattern import PATTERNS, default_update_rect, frame_pixels, pattern  # noqa: E402
-from wlproxy.clients.screenshot import ScreenshotError, locate, locate_all, screenshot  # noqa: E402
-from wlproxy.weston import Weston  # noqa: E402
+from wlproxy.tools.clients import load_protocol  # noqa: E402
+from wlproxy.tools.clients.pattern import PATTERNS, default_update_rect, frame_pixels, pattern  # noqa: E402
+from wlproxy.tools.clients.screenshot import ScreenshotError, locate, locate_all, screenshot  # noqa: E402
+from wlproxy.tools.weston import Weston  # noqa: E402
 
-PATTERN = "wlproxy.clients.pattern"
+PATTERN = "wlproxy.tools.clients.pattern"
 
 
 def _rgb(a: np.ndarray) -> np.ndarray:
@@ -208,7 +208,7 @@ def test_screenshot_cli_writes_png(weston: Weston, spawn_client, run_client, tmp
     c = spawn_client(PATTERN, "--width", "90", "--height", "70", "--pattern", "checker", env=weston.env())
     c.wait_line("frame 0 ")
     out = tmp_path / "shot.png"
-    r = run_client("wlproxy.clients.screenshot", "--out", str(out), env=weston.env())
+    r = run_client("wlproxy.tools.clients.screenshot", "--out", str(out), env=weston.env())
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[1] == f"{weston.width}x{weston.height}+0+0"
     img = np.asarray(Image.open(out).convert("RGB"))

@@ -10,13 +10,13 @@ from wlproxy import __version__
 
 # subcommand -> module providing ``add_arguments(parser)`` and ``run(args) -> int``
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("wlproxy.demo", "run weston, both halves and a real client on this machine, and show what crossed"),
-    "trace": ("wlproxy.trace", "transparent proxy that prints every message (WAYLAND_DEBUG format)"),
-    "guest": ("wlproxy.guest", "guest half: Wayland compositor inside the appvm, forwarding over a link"),
-    "host": ("wlproxy.host", "host half: accepts a VM's link and talks to weston, filtering everything"),
+    "demo": ("wlproxy.tools.demo", "run weston, both halves and a real client on this machine, and show what crossed"),
+    "trace": ("wlproxy.halves.trace", "transparent proxy that prints every message (WAYLAND_DEBUG format)"),
+    "guest": ("wlproxy.halves.guest", "guest half: Wayland compositor inside the appvm, forwarding over a link"),
+    "host": ("wlproxy.halves.host", "host half: accepts a VM's link and talks to weston, filtering everything"),
     "policy": ("wlproxy.policycli", "check or show per-VM policies"),
-    "bench": ("wlproxy.bench", "frame latency and throughput: direct, wlproxy, waypipe, floor"),
-    "vm": ("hostvm.cli", "launch and supervise appvms (cloud-hypervisor or qemu)"),
+    "bench": ("wlproxy.tools.bench", "frame latency and throughput: direct, wlproxy, waypipe, floor"),
+    "vm": ("wlproxy.vm.cli", "launch and supervise appvms (cloud-hypervisor or qemu)"),
 }
 
 
@@ -25,7 +25,7 @@ class UserError(Exception):
 
 
 def add_sched_slice(p: argparse.ArgumentParser, where: str, default: int = 0) -> None:
-    """The ``--sched-slice`` option of both halves (``wlproxy.sched``)."""
+    """The ``--sched-slice`` option of both halves (``wlproxy.io.sched``)."""
     p.add_argument("--sched-slice", type=int, default=default, metavar="USEC",
                    help=f"ask {where} scheduler for a slice this short, so that the proxy runs soon after a "
                    "client wakes it even while other processes keep the CPUs busy; while it copies a large "

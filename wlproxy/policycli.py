@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from wlproxy import policy
+from wlproxy.core import policy
 from wlproxy.cli import UserError
 
 

@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from wlproxy import host, policy, wire  # noqa: E402
-from wlproxy.codec import default_tables  # noqa: E402
-from wlproxy.loop import Loop  # noqa: E402
+from wlproxy.halves import host  # noqa: E402
+from wlproxy.core import policy, wire  # noqa: E402
+from wlproxy.core.codec import default_tables  # noqa: E402
+from wlproxy.io.loop import Loop  # noqa: E402
 
 P = default_tables().proto
 GLOBALS = [("wl_compositor", 5), ("wl_shm", 1), ("xdg_wm_base", 5), ("wl_seat", 7), ("wl_data_device_manager", 3),

@@ -12,8 +12,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from wlproxy import link, wire  # noqa: E402
-from wlproxy.codec import default_tables  # noqa: E402
+from wlproxy.core import link, wire  # noqa: E402
+from wlproxy.core.codec import default_tables  # noqa: E402
 
 P = default_tables().proto
 HELLO = link.hello_frame(1 << 18, "seed")
