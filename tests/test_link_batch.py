@@ -1,72 +1,21 @@
 """A guest link in-process, driven by a hand-written host end: the DATA
 frames that arrive for one client in one read reach the client in one
-write (one wake-up of the client), in order; and the C link scan delivers
-exactly what the Python path does."""
+write (one wake-up of the client), in order.  (That the C paths deliver
+exactly what the Python path does is tests/test_fastpaths.py.)"""
 
 from __future__ import annotations
 
 import array
 import os
-import select
 import socket
 import time
 
 import pytest
 
+from helpers_guestlink import client as _client, linked as _linked, readable as _readable, run_until as _run_until
 from helpers_wire import encode
 from wlproxy.core import link
-from wlproxy.halves.guest import GuestLink
-from wlproxy.io.loop import Loop
 from wlproxy.core.protocol import EVENT
-
-
-class _Server:
-    """What GuestLink needs of its server."""
-
-    def __init__(self, loop: Loop):
-        self.loop = loop
-        self.diff = True
-        self.ready: list = []
-        self.endpoint = None
-
-    def link_ready(self, lk) -> None:
-        self.ready.append(lk)
-
-    def link_down(self, reason: str) -> None:
-        pass
-
-
-def _readable(s: socket.socket) -> bool:
-    return bool(select.select([s], [], [], 0)[0])
-
-
-def _run_until(loop: Loop, cond, turns: int = 200) -> None:
-    for _ in range(turns):
-        if cond():
-            return
-        loop.run_once(0.01)
-    raise AssertionError("condition not reached")
-
-
-def _linked() -> tuple[Loop, GuestLink, socket.socket]:
-    loop = Loop()
-    host, guest_end = socket.socketpair()
-    host.settimeout(2)
-    server = _Server(loop)
-    lk = GuestLink(server, guest_end.detach(), "test link")
-    host.sendall(link.hello_frame(1 << 18, "test host"))
-    _run_until(loop, lambda: server.ready)
-    return loop, lk, host
-
-
-def _client(lk: GuestLink, kind: int = socket.SOCK_SEQPACKET, bufsize: int = 0) -> socket.socket:
-    client, proxy_side = socket.socketpair(socket.AF_UNIX, kind)
-    client.settimeout(2)
-    if bufsize:  # small socket buffers: the guest half's output to this client queues soon
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, bufsize)
-        proxy_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
-    lk.add_client(proxy_side)
-    return client
 
 
 def test_data_frames_read_together_reach_the_client_in_one_write() -> None:
@@ -141,58 +90,6 @@ def test_data_beyond_the_credit_window_drops_the_link() -> None:
     _run_until(loop, lambda: lk.closed)
     c.close()
     loop.close()
-
-
-def _deliver(chunks: list[bytes], nclients: int, scan: bool) -> tuple[list[bytes], bool]:
-    """Send ``chunks`` as the host's link bytes to a fresh guest link with
-    ``nclients`` clients; what each client received, and whether the link dropped."""
-    loop, lk, host = _linked()
-    if not scan:
-        lk.reader.scan = None  # every frame through the Python decoder and channels
-    clients = [_client(lk, socket.SOCK_STREAM) for _ in range(nclients)]
-    got = [bytearray() for _ in clients]
-
-    def drain() -> None:
-        for c, g in zip(clients, got):
-            while _readable(c):
-                data = c.recv(1 << 16)
-                if not data:
-                    break
-                g += data
-
-    for chunk in chunks:
-        host.sendall(chunk)
-        for _ in range(3):
-            loop.run_once(0)
-        drain()
-    for _ in range(20):
-        loop.run_once(0.005)
-        drain()
-    dropped = lk.closed
-    lk.shutdown("test over", violation=False)
-    loop.close()
-    return [bytes(g) for g in got], dropped
-
-
-def test_the_c_link_scan_delivers_exactly_what_the_python_path_does() -> None:
-    import random
-    for seed in range(40):
-        rnd = random.Random(seed)
-        stream = b""
-        for _ in range(rnd.randrange(5, 40)):
-            ch = rnd.randrange(1, 4)
-            r = rnd.random()
-            if r < 0.15:
-                stream += link.credit_frame(ch, 0)
-            elif r < 0.2:  # a bad message: that client gets a protocol error and is closed
-                stream += link.frame(link.DATA, ch, b"\x01\x00\x00\x00\x00\x00\x04\x00")
-            else:
-                events = b"".join(encode(rnd.randrange(50, 90), "wl_callback", "done", rnd.randrange(1 << 30),
-                                         direction=EVENT) for _ in range(rnd.randrange(1, 6)))
-                stream += link.frame(link.DATA, ch, events)
-        cuts = sorted(rnd.sample(range(1, len(stream)), min(len(stream) - 1, rnd.randrange(0, 6))))
-        chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)])]
-        assert _deliver(chunks, 3, scan=True) == _deliver(chunks, 3, scan=False), f"seed {seed}"
 
 
 def _link_frames(data: bytes) -> list[tuple[int, int, bytes]]:

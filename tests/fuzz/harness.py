@@ -11,6 +11,10 @@ binds, pools, buffers, titles and the clipboard handlers are all reachable.
 Invariants checked after every input (a violation raises ``Finding``):
 no exception escapes an event-loop callback, every fd opened is closed,
 the VM's shm and object accounting return to zero.
+
+``run_one`` returns what the host half sent: the bytes each fake compositor
+received, and the link bytes back to the guest; ``fast=False`` runs it with
+every C fast path off (``WLPROXY_FAST_PATHS=off``), for the differential test.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ import socket
 import struct
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from wlproxy.halves import host  # noqa: E402
+from wlproxy.halves import host, session  # noqa: E402
 from wlproxy.core import policy, wire  # noqa: E402
 from wlproxy.core.codec import default_tables  # noqa: E402
 from wlproxy.io.loop import Loop  # noqa: E402
@@ -72,6 +77,7 @@ class FakeCompositor:
         self.mine, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         self.mine.setblocking(False)
         self.buf = b""
+        self.received = bytearray()  # everything the host half sent this compositor
         loop.add_reader(self.mine.fileno(), self._readable)
 
     def _readable(self) -> None:
@@ -90,6 +96,7 @@ class FakeCompositor:
         if not data:
             self.close()
             return
+        self.received += data
         self.buf += data
         out = b""
         while len(self.buf) >= 8:
@@ -129,11 +136,11 @@ def _pieces(data: bytes):
         pos = end
 
 
-def _turn(loop: Loop, b: socket.socket) -> int:
+def _turn(loop: Loop, b: socket.socket, out: bytearray) -> int:
     loop.run_once(0)
     try:  # drain what the host sends the guest
-        while b.recv(1 << 16):
-            pass
+        while chunk := b.recv(1 << 16):
+            out += chunk
     except (BlockingIOError, InterruptedError, OSError):
         pass
     return 1
@@ -143,10 +150,18 @@ def _open_fds() -> set[int]:
     return {int(n) for n in os.listdir("/proc/self/fd")}
 
 
-def run_one(data: bytes) -> None:
+class Output(NamedTuple):
+    """What the host half sent for one input."""
+
+    compositor: list[bytes]  # to each fake compositor, in the order they were connected
+    link: bytes              # to the guest
+
+
+def run_one(data: bytes, fast: bool = True) -> Output:
     before = _open_fds()
     loop = StrictLoop()
     fakes: list[FakeCompositor] = []
+    to_guest = bytearray()
 
     def connect(display):  # type: ignore[no-untyped-def]
         f = FakeCompositor(loop)
@@ -154,8 +169,9 @@ def run_one(data: bytes) -> None:
         return f.theirs
 
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    saved = host.connect_display
+    saved, saved_fast = host.connect_display, session.FAST_PATHS
     host.connect_display = connect
+    session.FAST_PATHS = fast
     try:
         b.setblocking(False)
         server = host.HostServer(loop, a, "fuzz", None, POLICIES[data[-1] % 4 if data else 0])
@@ -168,14 +184,14 @@ def run_one(data: bytes) -> None:
             except (BlockingIOError, BrokenPipeError, ConnectionResetError):
                 break
             for _ in range(3):
-                turns += _turn(loop, b)
+                turns += _turn(loop, b, to_guest)
             if not server.links or turns > MAX_TURNS:
                 break
         b.shutdown(socket.SHUT_RDWR)
         for _ in range(MAX_TURNS):
             if not server.links:
                 break
-            _turn(loop, b)
+            _turn(loop, b, to_guest)
         for lk in list(server.links):
             lk.shutdown("fuzz input done", violation=False)
         for _ in range(3):
@@ -183,7 +199,7 @@ def run_one(data: bytes) -> None:
         if server.pool_bytes or server.objects:
             raise Finding(f"accounting left over: {server.pool_bytes} shm bytes, {server.objects} objects")
     finally:
-        host.connect_display = saved
+        host.connect_display, session.FAST_PATHS = saved, saved_fast
         for f in fakes:
             f.close()
         b.close()
@@ -203,3 +219,4 @@ def run_one(data: bytes) -> None:
                 pass
         if targets:
             raise Finding(f"fds leaked: {targets}")
+    return Output([bytes(f.received) for f in fakes], bytes(to_guest))

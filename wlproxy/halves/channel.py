@@ -124,6 +124,8 @@ class Channel:
             r = self.codec.after_read(s)
             if r.forwarded:
                 prefix = w.held()
+        elif not self.owner.fast:
+            r = self.codec.read_forward(self.local_dir, s.fd, s)
         elif not self.pending and w.direct_ok(self.ch):
             prefix = w.held()
             room = max(0, min(self.peer_window - self.unacked, link.Limits.max_data))

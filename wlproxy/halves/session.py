@@ -19,6 +19,11 @@ from wlproxy.io.pipes import Pipes
 
 log = logging.getLogger("wlproxy.session")
 
+# WLPROXY_FAST_PATHS=off: every C fast path off (C's loop reading links and
+# local sockets, the link scan, read-and-forward, the guest's frame
+# application); the codec still validates everything.  For comparing.
+FAST_PATHS = os.environ.get("WLPROXY_FAST_PATHS", "on") != "off"
+
 DEFAULT_WINDOW = 1 << 18
 SCAN_SLOTS = 64     # channels the C link scan knows (by id modulo this); the others go through Python
 SCAN_RECORDS = 256
@@ -33,8 +38,9 @@ class LinkSession:
     pipe_id_base = 1
 
     def __init__(self, loop: Loop, fd: int, *, name: str, limits: link.Limits | None = None,
-                 window: int = DEFAULT_WINDOW, vm: str = ""):
+                 window: int = DEFAULT_WINDOW, vm: str = "", fast: bool | None = None):
         self.loop = loop
+        self.fast = FAST_PATHS if fast is None else fast  # the C fast paths (see FAST_PATHS)
         self.fd = fd
         self.name = name
         self.vm = vm
@@ -61,7 +67,7 @@ class LinkSession:
         self._scan_state.pools = self._pools_c
         self._scan_state.max_shm = self.limits.max_shm_chunk if link.SHM_DATA in self.accept else 0
         self.reader = LinkReader(loop, fd, self.decoder, self._events, self._io_error, self.fail,
-                                 resolve=self.resolve_shm, scan=self._scan)
+                                 resolve=self.resolve_shm, scan=self._scan if self.fast else None)
         self._link_cbuf = ffi.from_buffer(self.reader.buf)
         # what C's fast loop needs to read the link and the channels' sockets by itself
         L = self._fl = self.writer.c
@@ -73,7 +79,8 @@ class LinkSession:
         L.recs = self._scan_recs
         L.rcap = SCAN_RECORDS
         self.reader.c_scan = self._scan_state
-        loop.c_watch(fd, lib.FL_ENT_LINK, L, 0, self._c_event)
+        if self.fast:
+            loop.c_watch(fd, lib.FL_ENT_LINK, L, 0, self._c_event)
         loop.add_pre_poll(self._pre_poll)
         self.pipes = Pipes(loop, self._send_pipe, self.pipe_id_base)
         self.writer.send_urgent(link.hello_frame(window, f"wlproxy {self.side}"))
@@ -170,8 +177,8 @@ class LinkSession:
     def fast_add(self, ch) -> None:
         """Give ``ch`` a slot in the C link scan (when its slot is free)."""
         k = ch.ch % SCAN_SLOTS
-        if self._slot_ch[k] is not None:
-            return  # shared with another channel: this one's input goes through Python
+        if self._slot_ch[k] is not None or not self.fast:
+            return  # shared with another channel (or no fast paths): this one's input goes through Python
         sl = self._slots[k]
         sl.codec = ch.codec.c_conn
         sl.fd = ch.local.fd
@@ -204,7 +211,7 @@ class LinkSession:
 
     def pool_add(self, pool) -> None:
         """Let the C link scan write SHM_DATA for ``pool`` (a ``HostPool``) when it has room."""
-        if len(self._pools) < SCAN_POOLS:
+        if len(self._pools) < SCAN_POOLS and self.fast:
             self._pools_c[len(self._pools)] = pool.c
             self._pools.append(pool)
             self._scan_state.npools = len(self._pools)

@@ -273,6 +273,10 @@ class FdSocket(StreamIn):
     def close(self, reason: str = "closed") -> None:
         if self.closed:
             return
+        if self.corked:  # what the cork held leaves first, as it would have without the cork
+            self.uncork()
+            if self.closed:
+                return
         self.closed = True
         self.loop.forget(self.fd)
         for entry in self._out:
