@@ -153,3 +153,23 @@ def test_guest_client_protocol_error_keeps_other_clients(host: HostHalf) -> None
             break
     p.roundtrip(2, cb_id=3)  # the VM's other client is unaffected
     p.close()
+
+
+def test_c_builds_the_same_frame_header_as_link_py() -> None:
+    """The header layout has one definition (link.HEADER); C's builder must agree."""
+    from wlproxy._codec import ffi, lib
+    h = ffi.new("uint8_t[]", link.HEADER_SIZE)
+    for length, ftype, ch in [(0, link.DATA, 1), (65536, link.SHM_DATA, 0xFFFFFFFF), (12, link.CREDIT, 7)]:
+        lib.fp_frame_header(h, length, ftype, ch)
+        assert bytes(ffi.buffer(h)) == link.header(ftype, ch, length)
+    assert (lib.FP_LINK_DATA, lib.FP_LINK_CREDIT, lib.FP_LINK_SHM_DATA) == (link.DATA, link.CREDIT, link.SHM_DATA)
+
+
+def test_display_error_codes_come_from_the_xml() -> None:
+    from wlproxy._codec import lib
+    from wlproxy.core import codec
+    from wlproxy.core.protocol import load
+    enum = load()["wl_display"].enums["error"]
+    assert (codec.INVALID_OBJECT, codec.INVALID_METHOD, codec.NO_MEMORY, codec.IMPLEMENTATION) == \
+        (enum["invalid_object"], enum["invalid_method"], enum["no_memory"], enum["implementation"])
+    assert lib.WLC_ERR_NO_MEMORY == enum["no_memory"]

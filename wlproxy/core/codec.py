@@ -23,8 +23,12 @@ SERVER_ID_START = 0xFF000000
 DEFAULT_MAX_MESSAGE = 4096
 DEFAULT_MAX_OBJECTS = 1 << 20
 
-# wl_display error codes
-INVALID_OBJECT, INVALID_METHOD, NO_MEMORY, IMPLEMENTATION = 0, 1, 2, 3
+# wl_display error codes, from the XML; the C codec's own numbers must be the same
+DISPLAY_ERROR: dict[str, int] = load()["wl_display"].enums["error"]
+INVALID_OBJECT, INVALID_METHOD, NO_MEMORY, IMPLEMENTATION = (
+    DISPLAY_ERROR[n] for n in ("invalid_object", "invalid_method", "no_memory", "implementation"))
+assert (lib.WLC_ERR_INVALID_OBJECT, lib.WLC_ERR_INVALID_METHOD, lib.WLC_ERR_NO_MEMORY,
+        lib.WLC_ERR_IMPLEMENTATION) == (INVALID_OBJECT, INVALID_METHOD, NO_MEMORY, IMPLEMENTATION)
 
 
 REC_STRUCT = struct.Struct("=IIIIHHHH")  # struct wlc_rec

@@ -17,7 +17,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, Callable
 
-from wlproxy.core import link
+from wlproxy.core import link, wire
 from wlproxy._codec import lib
 from wlproxy.core.codec import Codec, Record
 from wlproxy.io.fdsock import FdSocket, StreamIn, close_fds
@@ -30,7 +30,9 @@ log = logging.getLogger("wlproxy.channel")
 
 _DATA, _FRAME, _BULK = 0, 1, 2
 
-Handler = Callable[[int, memoryview, list], None]  # (object id, message bytes, fds)
+# (object id, the arguments as the XML declares them, message bytes, fds)
+Handler = Callable[[int, list, memoryview, list], None]
+_decoders: dict[tuple[str, int, str], Callable] = {}  # (interface, direction, message) -> wire.decoder
 
 
 class Channel:
@@ -73,7 +75,11 @@ class Channel:
             for (iface, msg), handler in self.handlers[direction].items():
                 self.codec.intercept(iface, direction, msg)
                 i = proto[iface]
-                by_index[(i.index, i.message(direction, msg).opcode)] = handler
+                m = i.message(direction, msg)
+                dec = _decoders.get((iface, direction, msg))
+                if dec is None:
+                    dec = _decoders[(iface, direction, msg)] = wire.decoder(m)
+                by_index[(i.index, m.opcode)] = (handler, dec)
 
     @property
     def unacked(self) -> int:
@@ -87,6 +93,13 @@ class Channel:
             self._unacked = n
         else:
             sl.unacked = n
+
+    @property
+    def room(self) -> int:
+        """DATA bytes this channel may send the peer now: its window less what
+        is unacked, at most one frame of the link's limit (as fastloop.c's
+        fast loop computes it from the same slot fields)."""
+        return max(0, min(self.peer_window - self.unacked, self.owner.limits.max_data))
 
     def slot_unacked(self, sl) -> None:
         """The count moves into the C slot ``sl`` (None: out of the one it was in)."""
@@ -128,8 +141,7 @@ class Channel:
             r = self.codec.read_forward(self.local_dir, s.fd, s)
         elif not self.pending and w.direct_ok(self.ch):
             prefix = w.held()
-            room = max(0, min(self.peer_window - self.unacked, link.Limits.max_data))
-            r = self.codec.read_forward(self.local_dir, s.fd, s, w.fd, self.ch, room, prefix, self.sf)
+            r = self.codec.read_forward(self.local_dir, s.fd, s, w.fd, self.ch, self.room, prefix, self.sf)
         else:
             r = self.codec.read_forward(self.local_dir, s.fd, s, sf=self.sf)
         try:
@@ -183,7 +195,8 @@ class Channel:
         return False
 
     def _local_message(self, rec: Record, data: memoryview, fds: list) -> bool:
-        self._by_index[self.local_dir][(rec.iface, rec.opcode)](rec.obj, data, fds)
+        handler, args = self._by_index[self.local_dir][(rec.iface, rec.opcode)]
+        handler(rec.obj, args(data, fds), data, fds)
         return self.closed  # a protocol error ends the channel: nothing after it is handled
 
     def local_error(self, rec: Record, text: str) -> None:
@@ -209,7 +222,7 @@ class Channel:
         while p:
             kind, item = p[0]
             if kind == _DATA:
-                room = min(self.peer_window - self.unacked, link.Limits.max_data)
+                room = self.room
                 if room <= 0:
                     break
                 n = min(len(item), room)
@@ -287,7 +300,8 @@ class Channel:
         self.local.write(data, fds)
 
     def _remote_message(self, rec: Record, data: memoryview, fds: list) -> bool:
-        self._by_index[self.remote_dir][(rec.iface, rec.opcode)](rec.obj, data, fds)
+        handler, args = self._by_index[self.remote_dir][(rec.iface, rec.opcode)]
+        handler(rec.obj, args(data, fds), data, fds)
         return self.closed
 
     def remote_error(self, rec: Record, text: str) -> None:

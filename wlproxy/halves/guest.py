@@ -12,7 +12,6 @@ import argparse
 import logging
 import os
 import socket
-import struct
 
 from wlproxy.core import bridges, link
 from wlproxy.halves.channel import Channel
@@ -33,8 +32,6 @@ from wlproxy.io.wlsocket import ListeningSocket, SocketError, activated_sockets
 log = logging.getLogger("wlproxy.guest")
 
 SHM_CHUNK = 1 << 20
-_U32 = struct.Struct("=I")
-_I32x4 = struct.Struct("=iiii")
 
 
 
@@ -102,16 +99,15 @@ class GuestChannel(Channel):
         log.error("%s: invalid event from the host: %s", self.name, text)
         self.client_error(1, IMPLEMENTATION, f"wlproxy: invalid event from the host half: {text}")
 
-    def unsupported_fd(self, obj: int, data: memoryview, fds: list) -> None:
+    def unsupported_fd(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         close_fds(fds)
         info = self.codec.lookup(obj)
         what = info.iface.name if info else "?"
         self.client_error(1, INVALID_METHOD, f"{what}@{obj}: passing this fd to the host is not supported")
 
     # -- shm -----------------------------------------------------------------
-    def create_pool(self, obj: int, data: memoryview, fds: list) -> None:
-        pool_id, size = struct.unpack_from("=Ii", data, 8)
-        fd = fds[0]
+    def create_pool(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        pool_id, fd, size = args
         if size <= 0:
             close_fds(fds)
             self.client_error(obj, SHM_ERROR["invalid_stride"], f"invalid pool size {size}")
@@ -127,8 +123,8 @@ class GuestChannel(Channel):
         self.queue_frame(link.fd_shm_frame(self.ch, pool.key, size))
         self.queue_data(data)
 
-    def pool_resize(self, obj: int, data: memoryview, fds: list) -> None:
-        (size,) = struct.unpack_from("=i", data, 8)
+    def pool_resize(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        (size,) = args
         pool = self.pools.get(obj)
         if pool is not None and size > pool.size:
             try:
@@ -138,8 +134,8 @@ class GuestChannel(Channel):
                 return
         self.queue_data(data)
 
-    def create_buffer(self, obj: int, data: memoryview, fds: list) -> None:
-        bid, offset, width, height, stride, fmt = struct.unpack_from("=Iiiiii", data, 8)
+    def create_buffer(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        bid, offset, width, height, stride, fmt = args
         pool = self.pools.get(obj)
         if pool is not None:
             refused = buffer_error(pool.size, offset, width, height, stride, fmt)
@@ -159,14 +155,14 @@ class GuestChannel(Channel):
             pool.release()
             self.queue_frame(link.u32_frame(link.SHM_FORGET, self.ch, pool.key))
 
-    def pool_destroy(self, obj: int, data: memoryview, fds: list) -> None:
+    def pool_destroy(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         self.queue_data(data)
         pool = self.pools.pop(obj, None)
         if pool is not None:
             pool.close_fd()  # no more resizes possible
             self._unref(pool)
 
-    def buffer_destroy(self, obj: int, data: memoryview, fds: list) -> None:
+    def buffer_destroy(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         self.queue_data(data)
         pool = self.buffers.pop(obj, None)
         if pool is not None:
@@ -174,39 +170,39 @@ class GuestChannel(Channel):
             self._unref(pool)
 
     # -- surfaces (the model is C's: surface.c) ------------------------------
-    def create_surface(self, obj: int, data: memoryview, fds: list) -> None:
-        self.surfaces.surface_add(_U32.unpack_from(data, 8)[0])
+    def create_surface(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        self.surfaces.surface_add(args[0])
         self.queue_data(data)
 
-    def surface_destroy(self, obj: int, data: memoryview, fds: list) -> None:
+    def surface_destroy(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         self.surfaces.surface_remove(obj)
         self.queue_data(data)
 
-    def get_viewport(self, obj: int, data: memoryview, fds: list) -> None:
-        self.surfaces.set_viewport(struct.unpack_from("=II", data, 8)[1])
+    def get_viewport(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        self.surfaces.set_viewport(args[1])  # (new viewport, its surface)
         self.queue_data(data)
 
-    def attach(self, obj: int, data: memoryview, fds: list) -> None:
-        self.surfaces.attach(obj, _U32.unpack_from(data, 8)[0])
+    def attach(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        self.surfaces.attach(obj, args[0])  # (buffer, x, y)
         self.queue_data(data)
 
-    def damage(self, obj: int, data: memoryview, fds: list) -> None:
-        self.surfaces.damage(obj, False, *_I32x4.unpack_from(data, 8))
+    def damage(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        self.surfaces.damage(obj, False, *args)
         self.queue_data(data)
 
-    def damage_buffer(self, obj: int, data: memoryview, fds: list) -> None:
-        self.surfaces.damage(obj, True, *_I32x4.unpack_from(data, 8))
+    def damage_buffer(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        self.surfaces.damage(obj, True, *args)
         self.queue_data(data)
 
-    def set_scale(self, obj: int, data: memoryview, fds: list) -> None:
-        self.surfaces.set_scale(obj, struct.unpack_from("=i", data, 8)[0])
+    def set_scale(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        self.surfaces.set_scale(obj, args[0])
         self.queue_data(data)
 
-    def set_transform(self, obj: int, data: memoryview, fds: list) -> None:
-        self.surfaces.set_transform(obj, struct.unpack_from("=i", data, 8)[0])
+    def set_transform(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        self.surfaces.set_transform(obj, args[0])
         self.queue_data(data)
 
-    def commit(self, obj: int, data: memoryview, fds: list) -> None:
+    def commit(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         t = self.surfaces.commit(obj)
         if t is not None:
             self.queue_pixels(t)
@@ -256,7 +252,7 @@ class GuestChannel(Channel):
 
         self.queue_bulk(job(), total)
 
-    def pipe_request(self, obj: int, data: memoryview, fds: list) -> None:
+    def pipe_request(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         pid = self.owner.pipes.export_sink(self.ch, fds[0])
         self.queue_frame(link.u32_frame(link.FD_PIPE, self.ch, pid))
         self.queue_data(data)

@@ -14,7 +14,6 @@ import logging
 import mmap
 import os
 import socket
-import struct
 import time
 import unicodedata
 
@@ -245,19 +244,18 @@ class HostChannel(Channel):
             return None
         return kind
 
-    def bad_fd_request(self, obj: int, data: memoryview, fds: list) -> None:
+    def bad_fd_request(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         close_fds(fds)
         self.client_error(1, INVALID_METHOD, f"object {obj}: this request's fd cannot cross the link")
 
-    def bad_fd_event(self, obj: int, data: memoryview, fds: list) -> None:
+    def bad_fd_event(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         close_fds(fds)
         log.error("%s: compositor sent an fd the link cannot carry (object %d)", self.name, obj)
         self.close("compositor sent an fd the link cannot carry", notify=True)
 
     # -- registry ------------------------------------------------------------
-    def global_(self, obj: int, data: memoryview, fds: list) -> None:
-        msg = self.codec.tables.proto["wl_registry"].message(EVENT, "global")
-        name, iface, version = wire.decode(msg, data)
+    def global_(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        name, iface, version = args
         cap = self.owner.server.global_cap(iface)
         if cap is None or version < 1:
             self.hidden.add(name)
@@ -265,20 +263,17 @@ class HostChannel(Channel):
             return
         version = min(version, cap)
         self.visible[name] = (iface, version)
-        out = bytearray(data)
-        struct.pack_into("=I", out, len(out) - 4, version)  # the version is the last argument
-        self.queue_data(out)
+        self.queue_data(self._message(EVENT, obj, "wl_registry", "global", name, iface, version))
 
-    def global_remove(self, obj: int, data: memoryview, fds: list) -> None:
-        (name,) = struct.unpack_from("=I", data, 8)
+    def global_remove(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        (name,) = args
         if name in self.visible:
             del self.visible[name]
             self.queue_data(data)
         self.hidden.discard(name)
 
-    def bind(self, obj: int, data: memoryview, fds: list) -> None:
-        msg = self.codec.tables.proto["wl_registry"].message(REQUEST, "bind")
-        name, new = wire.decode(msg, data)
+    def bind(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        name, new = args
         g = self.visible.get(name)
         if g is None:
             why = "hidden by policy" if name in self.hidden else "unknown name"
@@ -298,13 +293,17 @@ class HostChannel(Channel):
         self.local.write(data)
 
     # -- identity ------------------------------------------------------------
-    def _request(self, obj: int, iface: str, name: str, *args) -> bytes:
-        return wire.encode(obj, self.codec.tables.proto[iface].message(REQUEST, name), list(args))[0]
+    def _message(self, direction: int, obj: int, iface: str, name: str, *args) -> bytes:
+        """One message built from the XML signature."""
+        return wire.encode(obj, self.codec.tables.proto[iface].message(direction, name), list(args))[0]
 
-    def get_toplevel(self, obj: int, data: memoryview, fds: list) -> None:
+    def _request(self, obj: int, iface: str, name: str, *args) -> bytes:
+        return self._message(REQUEST, obj, iface, name, *args)
+
+    def get_toplevel(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         """A new toplevel starts with the bare tag as its title and app_id, so
         it is marked even if the guest never sets them."""
-        (new_id,) = struct.unpack_from("=I", data, 8)
+        new_id = args[0]
         info = self.codec.lookup(new_id)
         self.local.write(data)
         if info is None:
@@ -318,21 +317,19 @@ class HostChannel(Channel):
                 self._request(new_id, info.iface.name, "set_app_id", tag)
         self.local.write(out)
 
-    def _string_arg(self, obj: int, name: str, data: memoryview) -> tuple[str, str | None]:
+    def _iface(self, obj: int) -> str:
+        """The interface of ``obj``, which a message being handled names (the codec has it)."""
         info = self.codec.lookup(obj)
-        iface = info.iface.name if info else "xdg_toplevel"
-        (text,) = wire.decode(self.codec.tables.proto[iface].message(REQUEST, name), data)
-        return iface, text
+        return info.iface.name if info else "xdg_toplevel"  # (only if the map lost it: a title request)
 
-    def set_title(self, obj: int, data: memoryview, fds: list) -> None:
-        iface, title = self._string_arg(obj, "set_title", data)
-        self.local.write(self._request(obj, iface, "set_title", f"[{self.policy.tag}] {clean_title(title)}"))
+    def set_title(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        self.local.write(self._request(obj, self._iface(obj), "set_title",
+                                       f"[{self.policy.tag}] {clean_title(args[0])}"))
 
-    def set_app_id(self, obj: int, data: memoryview, fds: list) -> None:
-        name = "set_class" if self.codec.lookup(obj) and self.codec.lookup(obj).iface.name == "wl_shell_surface" \
-            else "set_app_id"
-        iface, app_id = self._string_arg(obj, name, data)
-        self.local.write(self._request(obj, iface, name, f"{self.policy.tag}.{clean_app_id(app_id)}"))
+    def set_app_id(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        iface = self._iface(obj)
+        name = "set_class" if iface == "wl_shell_surface" else "set_app_id"
+        self.local.write(self._request(obj, iface, name, f"{self.policy.tag}.{clean_app_id(args[0])}"))
 
     # -- clipboard -----------------------------------------------------------
     def _clipboard_blocked(self, what: str, direction: str) -> None:
@@ -340,37 +337,32 @@ class HostChannel(Channel):
         audit("clipboard_blocked", vm=self.owner.vm, client=self.ch, what=what, direction=direction,
               policy=self.policy.clipboard)
 
-    def set_selection(self, obj: int, data: memoryview, fds: list) -> None:
+    def set_selection(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         if self.policy.guest_to_host:
             self.local.write(data)
             return
-        (source,) = struct.unpack_from("=I", data, 8)
-        if source:
+        if args[0]:  # a source (null: clearing the selection)
             self._clipboard_blocked("set_selection", "to-host")
         # dropped: the guest may neither offer data to the host nor clear the host's selection
 
-    def start_drag(self, obj: int, data: memoryview, fds: list) -> None:
-        (source,) = struct.unpack_from("=I", data, 8)
-        if source and not self.policy.guest_to_host:
+    def start_drag(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        if args[0] and not self.policy.guest_to_host:
             self._clipboard_blocked("start_drag", "to-host")
-            out = bytearray(data)
-            struct.pack_into("=I", out, 8, 0)  # a drag without data: only the guest's own surfaces see it
-            self.local.write(out)
+            # a drag without data (no source): only the guest's own surfaces see it
+            self.local.write(self._request(obj, self._iface(obj), "start_drag", 0, *args[1:]))
             return
         self.local.write(data)
 
-    def offer_mime(self, obj: int, data: memoryview, fds: list) -> None:
+    def offer_mime(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         if self.policy.host_to_guest:
             self.queue_data(data)
         # else: the guest sees offers with no types at all
 
-    def selection(self, obj: int, data: memoryview, fds: list) -> None:
+    def selection(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         if self.policy.host_to_guest:
             self.queue_data(data)
             return
-        out = bytearray(data)
-        struct.pack_into("=I", out, 8, 0)  # no selection
-        self.queue_data(out)
+        self.queue_data(self._message(EVENT, obj, self._iface(obj), "selection", 0))  # no selection
 
     # -- shm -----------------------------------------------------------------
     def new_pool(self, key: int, size: int) -> None:
@@ -396,8 +388,8 @@ class HostChannel(Channel):
         self.owner.pool_bytes += n
         self.owner.server.pool_bytes += n
 
-    def create_pool(self, obj: int, data: memoryview, fds: list) -> None:
-        pool_id, size = struct.unpack_from("=Ii", data, 8)
+    def create_pool(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        pool_id, _, size = args  # (new_id, fd, size)
         kind = self.kinds.popleft()
         if kind[0] == "refused":
             close_fds(fds)
@@ -411,8 +403,8 @@ class HostChannel(Channel):
         self.pool_objs[pool_id] = kind[1]
         self.local.write(data, fds)
 
-    def pool_resize(self, obj: int, data: memoryview, fds: list) -> None:
-        (size,) = struct.unpack_from("=i", data, 8)
+    def pool_resize(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        (size,) = args
         pool = self.pool_objs[obj]
         if size > pool.size:
             lim = self.owner.limits_host
@@ -430,15 +422,14 @@ class HostChannel(Channel):
             self._account(grow)
         self.local.write(data)
 
-    def create_buffer(self, obj: int, data: memoryview, fds: list) -> None:
-        _, offset, width, height, stride, fmt = struct.unpack_from("=Iiiiii", data, 8)
-        refused = buffer_error(self.pool_objs[obj].size, offset, width, height, stride, fmt)
+    def create_buffer(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        refused = buffer_error(self.pool_objs[obj].size, *args[1:])  # offset, width, height, stride, format
         if refused:
             self.client_error(obj, *refused)
             return
         self.local.write(data)
 
-    def pool_destroy(self, obj: int, data: memoryview, fds: list) -> None:
+    def pool_destroy(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         pool = self.pool_objs.pop(obj, None)
         if pool is not None:
             pool.close_fd()
@@ -458,9 +449,8 @@ class HostChannel(Channel):
 
 
     # -- keymaps and pipes ---------------------------------------------------
-    def keymap(self, obj: int, data: memoryview, fds: list) -> None:
-        (size,) = struct.unpack_from("=I", data, 12)  # format, (fd: no bytes), size
-        fd = fds[0]
+    def keymap(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        fmt, fd, size = args
         try:
             if size > self.owner.limits_host.max_keymap:
                 raise OSError("keymap too large")
@@ -475,12 +465,11 @@ class HostChannel(Channel):
             os.close(fd)
         self.queue_frame(link.frame(link.FD_KEYMAP, self.ch, blob))
         if len(blob) != size:  # keep the event consistent with what we could carry
-            hdr = bytes(data[:12]) + struct.pack("=I", len(blob))
-            self.queue_data(hdr)
+            self.queue_data(self._message(EVENT, obj, "wl_keyboard", "keymap", fmt, fd, len(blob)))
         else:
             self.queue_data(data)
 
-    def pipe_event(self, obj: int, data: memoryview, fds: list) -> None:
+    def pipe_event(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         # wl_data_source.send (or primary): a host client wants the guest's data
         if not self.policy.guest_to_host:
             close_fds(fds)
@@ -490,7 +479,7 @@ class HostChannel(Channel):
         self.queue_frame(link.u32_frame(link.FD_PIPE, self.ch, pid))
         self.queue_data(data)
 
-    def pipe_request(self, obj: int, data: memoryview, fds: list) -> None:
+    def pipe_request(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         if self._pop_kind("pipe", obj) is None:
             close_fds(fds)
             return
