@@ -25,8 +25,10 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+TESTS = Path(__file__).resolve().parent  # the shared helpers (helpers_wire, linkpeer, ...), for every folder
+for _p in (ROOT, TESTS):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 from wlproxy.tools.clients import ClientProcess  # noqa: E402
 from wlproxy.tools.weston import Weston, weston_available  # noqa: E402

@@ -60,3 +60,15 @@ def client(lk: GuestLink, kind: int = socket.SOCK_SEQPACKET, bufsize: int = 0) -
         proxy_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, bufsize)
     lk.add_client(proxy_side)
     return c
+
+
+def link_frames(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, channel, payload) of each whole frame in ``data``."""
+    out, pos = [], 0
+    while len(data) - pos >= link.HEADER_SIZE:
+        n, ftype, _, ch = link.HEADER.unpack_from(data, pos)
+        if len(data) - pos - link.HEADER_SIZE < n:
+            break
+        out.append((ftype, ch, data[pos + link.HEADER_SIZE:pos + link.HEADER_SIZE + n]))
+        pos += link.HEADER_SIZE + n
+    return out

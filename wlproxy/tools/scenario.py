@@ -1,6 +1,6 @@
 """A scripted app VM session, watched from the host.
 
-Used by ``tests/test_appvm_e2e.py`` and ``wlproxy demo --vm``. Everything goes
+Used by ``tests/scenarios/test_appvm_e2e.py`` and ``wlproxy demo --vm``. Everything goes
 through the ``wlproxy vm`` command line with the qemu backend (TCG unless
 ``$WLPROXY_QEMU_ACCEL`` says otherwise), in front of a weston the caller started:
 

@@ -18,7 +18,7 @@ from wlproxy.vm import guestinit, qemu
 from wlproxy.vm.qemu import Port, QemuError, QemuVm, VmConfig, VmFiles
 from qemu_helpers import guest_image, qemu_cannot_run  # noqa: F401
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 QEMU_SKIP = qemu_cannot_run()

@@ -1,7 +1,7 @@
 """A guest link in-process, driven by a hand-written host end: the DATA
 frames that arrive for one client in one read reach the client in one
 write (one wake-up of the client), in order.  (That the C paths deliver
-exactly what the Python path does is tests/test_fastpaths.py.)"""
+exactly what the Python path does is tests/halves/test_fastpaths.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from helpers_guestlink import client as _client, linked as _linked, readable as _readable, run_until as _run_until
+from helpers_guestlink import client as _client, link_frames as _link_frames, linked as _linked, readable as _readable, \
+    run_until as _run_until
 from helpers_wire import encode
 from wlproxy.core import link
 from wlproxy.core.protocol import EVENT
@@ -90,18 +91,6 @@ def test_data_beyond_the_credit_window_drops_the_link() -> None:
     _run_until(loop, lambda: lk.closed)
     c.close()
     loop.close()
-
-
-def _link_frames(data: bytes) -> list[tuple[int, int, bytes]]:
-    """(type, channel, payload) of each whole frame in ``data``."""
-    out, pos = [], 0
-    while len(data) - pos >= link.HEADER_SIZE:
-        n, ftype, _, ch = link.HEADER.unpack_from(data, pos)
-        if len(data) - pos - link.HEADER_SIZE < n:
-            break
-        out.append((ftype, ch, data[pos + link.HEADER_SIZE:pos + link.HEADER_SIZE + n]))
-        pos += link.HEADER_SIZE + n
-    return out
 
 
 @pytest.mark.parametrize("sndbuf", [0, 4096])

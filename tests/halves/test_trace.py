@@ -60,7 +60,7 @@ import pytest
 from wlproxy.core.protocol import load
 from wlproxy.tools.weston import Weston, weston_available
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 LINE = re.compile(r"^\[\s*\d+\.\d{3}\] (?P<sent> -> )?(?P<iface>[\w\[\]]+)@(?P<obj>\d+)\.(?P<name>\w+)\((?P<args>.*)\)$")
 FD = re.compile(r"\bfd -?\d+\b")

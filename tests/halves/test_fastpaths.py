@@ -28,17 +28,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers_guestlink import client, linked, readable
+from helpers_guestlink import client, link_frames, linked, readable
 from helpers_wire import encode, read_traffic, traffic_files
 from wlproxy.core import link
 from wlproxy.core.codec import MSG, Codec
 from wlproxy.core.protocol import EVENT, REQUEST
 from wlproxy.halves import session
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fuzz"))
 import harness  # noqa: E402
 
-SEEDS = sorted((Path(__file__).resolve().parent / "fuzz" / "corpus").glob("*.bin"))
+SEEDS = sorted((Path(__file__).resolve().parents[1] / "fuzz" / "corpus").glob("*.bin"))
 
 
 def test_the_switch_turns_the_c_paths_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -60,23 +60,12 @@ def test_the_switch_turns_the_c_paths_off(monkeypatch: pytest.MonkeyPatch) -> No
 
 # -- normalising link output ------------------------------------------------------
 
-def frames(data: bytes) -> list[tuple[int, int, bytes]]:
-    out, pos = [], 0
-    while len(data) - pos >= link.HEADER_SIZE:
-        n, ftype, _, ch = link.HEADER.unpack_from(data, pos)
-        if len(data) - pos - link.HEADER_SIZE < n:
-            break
-        out.append((ftype, ch, data[pos + link.HEADER_SIZE:pos + link.HEADER_SIZE + n]))
-        pos += link.HEADER_SIZE + n
-    return out
-
-
 def normal(data: bytes) -> list[tuple]:
     """Link output as what it means: consecutive DATA of a channel joined,
     consecutive SHM_DATA of a pool joined where they continue each other,
     CREDIT left out (when credit is given back depends on how reads fell)."""
     out: list[list] = []
-    for ftype, ch, payload in frames(data):
+    for ftype, ch, payload in link_frames(data):
         if ftype == link.CREDIT:
             continue
         last = out[-1] if out else None
@@ -165,7 +154,7 @@ class _Run:
             self.to_host += chunk
             moved = True
             # give the DATA back as credit, as the host half would once weston took it
-            for ftype, ch, payload in frames(bytes(self.to_host[self._credited:])):
+            for ftype, ch, payload in link_frames(bytes(self.to_host[self._credited:])):
                 self._credited += link.HEADER_SIZE + len(payload)
                 if ftype == link.DATA:
                     self.host.sendall(link.credit_frame(ch, len(payload)))

@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_hostvm_common import StandinHypervisor, make_vm, own_tmp, short_tmpdir  # noqa: E402,F401
 
 from wlproxy.vm import vmdef  # noqa: E402
@@ -31,7 +31,7 @@ from wlproxy.vm.cloudhv import CloudHypervisor, vm_config  # noqa: E402
 from wlproxy.vm.hypervisor import HypervisorError  # noqa: E402
 from wlproxy.vm.rundir import RunPaths  # noqa: E402
 
-SPEC_PATH = Path(__file__).resolve().parents[2] / "shared" / "specs" / "cloud-hypervisor.yaml"
+SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "specs" / "cloud-hypervisor.yaml"
 
 
 @pytest.fixture(scope="module")

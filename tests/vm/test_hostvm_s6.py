@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_hostvm_common import (ROOT, StandinHypervisor, gone, make_vm, read_pids,  # noqa: E402
                                 real_host_problem, weston_args,
                                 short_tmpdir, standin_host_command, wait_for)

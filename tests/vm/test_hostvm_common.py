@@ -26,7 +26,7 @@ from wlproxy.vm.hypervisor import Hypervisor, HypervisorError
 from wlproxy.vm.rundir import RunPaths
 from wlproxy.vm.vmdef import VmDef
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 HOST_STANDIN = r'''
 import os, socket, sys

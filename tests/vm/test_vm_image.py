@@ -26,7 +26,7 @@ from wlproxy.io.virtio_port import PortNotFound, find_virtio_port, wait_virtio_p
 
 BUSYBOX = shutil.which("busybox")
 needs_busybox = pytest.mark.skipif(BUSYBOX is None, reason="busybox not installed")
-SERVICE_DIR = Path(__file__).resolve().parent.parent / "wlproxy" / "vm" / "guest-services" / "wlproxy-guest"
+SERVICE_DIR = Path(__file__).resolve().parents[2] / "wlproxy" / "vm" / "guest-services" / "wlproxy-guest"
 
 
 # -- cpio ------------------------------------------------------------------------------------------

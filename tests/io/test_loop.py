@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 
 from helpers_wire import encode
-from test_link_batch import _client, _link_frames, _linked, _run_until
+from helpers_guestlink import client as _client, link_frames as _link_frames, linked as _linked, run_until as _run_until
 from wlproxy.core import link
 from wlproxy.io.loop import Loop
 from wlproxy.core.protocol import EVENT, REQUEST

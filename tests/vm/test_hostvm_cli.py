@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_hostvm_common import (ROOT, gone, make_vm, read_pids, short_tmpdir, standin_host_command,  # noqa: E402
                                 wait_for)
 

@@ -8,7 +8,7 @@ known pattern; from the host, weston has a toplevel titled ``[<vm>] ...`` (westo
 (weston's screenshooter); ``weston-simple-shm`` then runs in the guest for a few seconds without
 error; ``wlproxy vm stop`` ends it all, the host half included, and leaves the run dir clean.
 
-Prints the boot time and the time to the first frame (``pytest tests/test_appvm_e2e.py -s``).
+Prints the boot time and the time to the first frame (``pytest tests/scenarios/test_appvm_e2e.py -s``).
 Skips only when qemu cannot run or the guest kernel package cannot be downloaded.
 """
 

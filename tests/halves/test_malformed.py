@@ -25,7 +25,7 @@ from wlproxy.core import wire
 from wlproxy.core.codec import INVALID_METHOD, INVALID_OBJECT
 from wlproxy.tools.weston import Weston, weston_available
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOCKET = "wlproxy-malformed-trace"
 
 

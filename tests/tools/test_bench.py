@@ -19,7 +19,7 @@ pytest.importorskip("numpy")
 from wlproxy.tools.bench.placement import Placement  # noqa: E402
 from wlproxy.tools.weston import weston_available  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_bench_quick(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_hostvm_common import make_vm, own_tmp  # noqa: E402,F401
 
 from wlproxy.vm import vmdef  # noqa: E402

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_hostvm_common import (StandinHypervisor, gone, host_command, own_tmp, read_pids,  # noqa: E402,F401
                                 standin_vm_root)
 

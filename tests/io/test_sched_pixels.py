@@ -20,8 +20,8 @@ from wlproxy.io.linkio import GATHER_BYTES, LinkWriter
 from wlproxy.io.loop import Loop
 from wlproxy.core.protocol import EVENT
 from helpers_wire import encode
-from tests.test_link_batch import _client, _linked, _run_until
-from tests.test_sched_slice import _kernel_has_custom_slices, _slice_ns
+from helpers_guestlink import client as _client, linked as _linked, run_until as _run_until
+from test_sched import _kernel_has_custom_slices, _slice_ns
 
 pytestmark = pytest.mark.skipif(not _kernel_has_custom_slices(),
                                 reason="kernel older than 6.12: no per-task slice to ask for")

@@ -14,7 +14,7 @@ import pytest
 from wlproxy.core import policy
 from wlproxy.halves.host import clean_app_id, clean_title
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_hostvm_common import children_of, gone, make_vm, read_pids, short_tmpdir, standin_host_command  # noqa: E402
 
 from wlproxy.vm import launch, vmdef  # noqa: E402
@@ -34,7 +34,7 @@ CH = os.environ.get(ENV_BINARY) or shutil.which("cloud-hypervisor")
 pytestmark = pytest.mark.skipif(
     not CH, reason="cloud-hypervisor is not installed: no cloud-hypervisor on PATH and "
                    f"${ENV_BINARY} is unset")
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "specs" / "cloud-hypervisor.yaml"
+SPEC = Path(__file__).resolve().parents[3] / "shared" / "specs" / "cloud-hypervisor.yaml"
 
 
 @pytest.fixture

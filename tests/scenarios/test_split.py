@@ -48,7 +48,7 @@ def test_wayland_info_lists_the_globals_the_default_policy_allows(pair: ProxyPai
     direct = _globals(run_client(["wayland-info"], env=weston.env()).stdout)
     proxied = _globals(run_client(["wayland-info"], env=pair.env()).stdout)
     assert direct, "wayland-info printed no globals"
-    caps = policy.DEFAULT_GLOBALS  # the host half's default allowlist (see tests/test_policy_weston.py)
+    caps = policy.DEFAULT_GLOBALS  # the host half's default allowlist (see tests/scenarios/test_policy_weston.py)
     expected = {k: min(v, caps[k]) for k, v in direct.items() if k in caps and bridges.bridgeable(k)}
     assert proxied == expected
     # weston 10 headless offers explicit sync, whose fences are fds: never across the link

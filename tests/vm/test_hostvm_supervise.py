@@ -21,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_hostvm_common import (ROOT, StandinHypervisor, gone, host_command, own_tmp,  # noqa: E402,F401
                                 read_pids, standin_vm_root, wait_for)
 
@@ -186,7 +186,7 @@ def driver(env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[subprocess.Pop
     script = env.root / "driver.py"
     script.write_text(DRIVER)
     monkeypatch.setitem(hypervisor.HYPERVISORS, "standin", "test_hostvm_common")
-    pp = os.pathsep.join([str(ROOT), str(Path(__file__).parent)])
+    pp = os.pathsep.join([str(ROOT), str(Path(__file__).resolve().parent)])
     proc = subprocess.Popen([sys.executable, str(script), str(env.root)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": pp})
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
