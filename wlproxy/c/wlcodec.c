@@ -412,8 +412,15 @@ static int apply(struct walk *w, const struct wlc_msg *m, uint32_t *err_obj)
 static int check(struct wlc_conn *c, int dir, const uint8_t *p, uint32_t size,
                  uint16_t *iface_out, uint32_t *nfds_out, uint32_t *err_obj)
 {
-    struct walk w = {.c = c, .p = p, .size = size, .off = 8, .dir = dir, .id = rd32(p),
-                     .opcode = rd32(p + 4) & 0xffff};
+    struct walk w; /* not "= {...}": that would zero news[] for every message */
+    w.c = c;
+    w.p = p;
+    w.size = size;
+    w.off = 8;
+    w.dir = dir;
+    w.id = rd32(p);
+    w.opcode = rd32(p + 4) & 0xffff;
+    w.nnew = 0;
     w.o = lookup(c, w.id);
     /* Error codes follow libwayland's server: an unknown or destroyed target
      * object is invalid_object; everything else (bad opcode, version, size,
