@@ -493,15 +493,8 @@ uint32_t wlc_feed(struct wlc_conn *c, int dir, const uint8_t *buf, uint32_t len,
         else
             code = check(c, dir, p, size, &iface, &nfds, &err_obj);
         if (code >= 0) {
-            struct wlc_rec *r = &out[n++];
-            r->kind = WLC_REC_ERROR;
-            r->start = pos;
-            r->len = size;
-            r->obj = err_obj;
-            r->iface = iface;
-            r->opcode = (uint16_t)opcode;
-            r->nfds = 0;
-            r->code = (uint16_t)code;
+            out[n++] = (struct wlc_rec){WLC_REC_ERROR, pos, size, err_obj, iface, (uint16_t)opcode, 0,
+                                        (uint16_t)code};
             *consumed = pos;
             return n;
         }
@@ -512,15 +505,8 @@ uint32_t wlc_feed(struct wlc_conn *c, int dir, const uint8_t *buf, uint32_t len,
             out[n - 1].len += size;
             out[n - 1].nfds += nfds;
         } else {
-            struct wlc_rec *r = &out[n++];
-            r->kind = want ? WLC_REC_MSG : WLC_REC_PASS;
-            r->start = pos;
-            r->len = size;
-            r->obj = id;
-            r->iface = iface;
-            r->opcode = (uint16_t)opcode;
-            r->nfds = (uint16_t)nfds;
-            r->code = 0;
+            out[n++] = (struct wlc_rec){want ? WLC_REC_MSG : WLC_REC_PASS, pos, size, id, iface,
+                                        (uint16_t)opcode, (uint16_t)nfds, 0};
         }
         pos += size;
         c->nmsgs[dir]++;
