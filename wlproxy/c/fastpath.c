@@ -21,42 +21,27 @@ void fp_frame_header(uint8_t *h, uint32_t len, uint16_t type, uint32_t channel)
     memcpy(h + 8, &channel, 4);
 }
 
-/* Read once from `fd` into buf[*filled, cap) (fds into `fds`), validate
- * everything buffered with the codec, and when that is one run of messages
- * that pass, without fds, within r->room and r->link_fd >= 0: write
- * r->prefix, a DATA frame header and the messages to the link with one
- * writev (r->forwarded, r->written; the caller drops them from the buffer).
- * With r->sf, records that are a frame's wl_surface requests are applied to
- * that model (r->applied, see sf_apply) and go the same way, the commit's
- * pixels as SHM_DATA frames before it when they are small; else the caller
- * queues them.  Otherwise the records are left in `out` for the caller
- * (r->nrecs, r->consumed) and the buffer is untouched but for the new bytes. */
-void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t cap, uint32_t *filled,
-                     int32_t *fds, uint32_t fds_cap, struct fp_read *r, struct wlc_rec *out, uint32_t out_cap)
+/* One recvmsg into buf[filled, cap), its fds into fds[] (r->nfds); fds past
+ * fds_cap are closed and r->truncated set.  Returns the bytes read or -errno. */
+static ssize_t read_once(int fd, uint8_t *buf, uint32_t cap, uint32_t filled, int32_t *fds,
+                         uint32_t fds_cap, struct fp_read *r)
 {
     union {
         struct cmsghdr h;
         uint8_t space[CMSG_SPACE(253 * sizeof(int32_t))];
     } ctl;
-    struct iovec iov = {buf + *filled, cap - *filled};
+    struct iovec iov = {buf + filled, cap - filled};
     struct msghdr m = {0};
     m.msg_iov = &iov;
     m.msg_iovlen = 1;
     m.msg_control = ctl.space;
     m.msg_controllen = sizeof ctl.space;
-    r->nfds = r->truncated = r->nrecs = r->consumed = r->forwarded = 0;
-    r->applied = r->split = r->nspans = 0;
-    r->pool = NULL;
-    r->written = 0;
     ssize_t n;
     do
         n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     while (n < 0 && errno == EINTR);
-    if (n < 0) {
-        r->nread = -errno;
-        return;
-    }
-    r->nread = (int32_t)n;
+    if (n < 0)
+        return -errno;
     for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h; h = CMSG_NXTHDR(&m, h)) {
         if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
             continue;
@@ -75,7 +60,70 @@ void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t
     }
     if (m.msg_flags & MSG_CTRUNC)
         r->truncated = 1;
-    if (r->truncated || (n == 0 && r->nfds == 0))
+    return n;
+}
+
+/* The first `used` bytes of buf to the link in one writev: r->prefix, DATA
+ * (the messages before the commit), SHM_DATA per span, DATA (the rest). */
+static void write_frames(const uint8_t *buf, uint32_t used, const struct shm_span *spans,
+                         struct fp_read *r)
+{
+    struct iovec w[4 + 2 * FP_SMALL_SPANS + 2];
+    uint8_t hdr[2][12], shm[FP_SMALL_SPANS][28];
+    uint32_t nw = 0, before = r->nspans ? r->split : used;
+    if (r->prefix_len)
+        w[nw++] = (struct iovec){(void *)r->prefix, r->prefix_len};
+    if (before) {
+        fp_frame_header(hdr[0], before, FP_LINK_DATA, r->channel);
+        w[nw++] = (struct iovec){hdr[0], 12};
+        w[nw++] = (struct iovec){(void *)buf, before};
+    }
+    for (uint32_t i = 0; i < r->nspans; i++) {
+        uint32_t zero = 0;
+        fp_frame_header(shm[i], 16 + spans[i].len, FP_LINK_SHM_DATA, r->channel);
+        memcpy(shm[i] + 12, &r->pool->key, 4);
+        memcpy(shm[i] + 16, &zero, 4);
+        memcpy(shm[i] + 20, &spans[i].offset, 8);
+        w[nw++] = (struct iovec){shm[i], 28};
+        w[nw++] = (struct iovec){(void *)(r->pool->mm + spans[i].offset), spans[i].len};
+    }
+    if (used > before) {
+        fp_frame_header(hdr[1], used - before, FP_LINK_DATA, r->channel);
+        w[nw++] = (struct iovec){hdr[1], 12};
+        w[nw++] = (struct iovec){(void *)(buf + before), used - before};
+    }
+    r->total = 0;
+    for (uint32_t i = 0; i < nw; i++)
+        r->total += w[i].iov_len;
+    ssize_t s;
+    do
+        s = writev(r->link_fd, w, (int)nw);
+    while (s < 0 && errno == EINTR);
+    r->written = s < 0 ? -(int64_t)errno : (int64_t)s;
+    r->forwarded = used; /* the caller queues what writev did not take, then drops them from buf */
+    r->nrecs = 0;
+}
+
+/* Read once from `fd` into buf[*filled, cap) (fds into `fds`), validate
+ * everything buffered with the codec, and when that is one run of messages
+ * that pass, without fds, within r->room and r->link_fd >= 0: write
+ * r->prefix, a DATA frame header and the messages to the link with one
+ * writev (r->forwarded, r->written; the caller drops them from the buffer).
+ * With r->sf, records that are a frame's wl_surface requests are applied to
+ * that model (r->applied, see sf_apply) and go the same way, the commit's
+ * pixels as SHM_DATA frames before it when they are small; else the caller
+ * queues them.  Otherwise the records are left in `out` for the caller
+ * (r->nrecs, r->consumed) and the buffer is untouched but for the new bytes. */
+void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t cap, uint32_t *filled,
+                     int32_t *fds, uint32_t fds_cap, struct fp_read *r, struct wlc_rec *out, uint32_t out_cap)
+{
+    r->nfds = r->truncated = r->nrecs = r->consumed = r->forwarded = 0;
+    r->applied = r->split = r->nspans = 0;
+    r->pool = NULL;
+    r->written = 0;
+    ssize_t n = read_once(fd, buf, cap, *filled, fds, fds_cap, r);
+    r->nread = (int32_t)n;
+    if (n < 0 || r->truncated || (n == 0 && r->nfds == 0))
         return;
     *filled += (uint32_t)n;
     uint32_t used = 0;
@@ -99,43 +147,8 @@ void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t
     uint64_t pixels = 0;
     for (uint32_t i = 0; i < r->nspans; i++)
         pixels += spans[i].len;
-    if (pixels > FP_SMALL_PIXELS)
-        return;
-    /* prefix, DATA (messages before the commit), SHM_DATA per span, DATA (the rest) */
-    struct iovec w[4 + 2 * FP_SMALL_SPANS + 2];
-    uint8_t hdr[2][12], shm[FP_SMALL_SPANS][28];
-    uint32_t nw = 0, before = r->nspans ? r->split : used;
-    if (r->prefix_len)
-        w[nw++] = (struct iovec){(void *)r->prefix, r->prefix_len};
-    if (before) {
-        fp_frame_header(hdr[0], before, FP_LINK_DATA, r->channel);
-        w[nw++] = (struct iovec){hdr[0], 12};
-        w[nw++] = (struct iovec){buf, before};
-    }
-    for (uint32_t i = 0; i < r->nspans; i++) {
-        uint32_t zero = 0;
-        fp_frame_header(shm[i], 16 + spans[i].len, FP_LINK_SHM_DATA, r->channel);
-        memcpy(shm[i] + 12, &r->pool->key, 4);
-        memcpy(shm[i] + 16, &zero, 4);
-        memcpy(shm[i] + 20, &spans[i].offset, 8);
-        w[nw++] = (struct iovec){shm[i], 28};
-        w[nw++] = (struct iovec){(void *)(r->pool->mm + spans[i].offset), spans[i].len};
-    }
-    if (used > before) {
-        fp_frame_header(hdr[1], used - before, FP_LINK_DATA, r->channel);
-        w[nw++] = (struct iovec){hdr[1], 12};
-        w[nw++] = (struct iovec){buf + before, used - before};
-    }
-    r->total = 0;
-    for (uint32_t i = 0; i < nw; i++)
-        r->total += w[i].iov_len;
-    ssize_t s;
-    do
-        s = writev(r->link_fd, w, (int)nw);
-    while (s < 0 && errno == EINTR);
-    r->written = s < 0 ? -(int64_t)errno : (int64_t)s;
-    r->forwarded = used; /* the caller queues what writev did not take, then drops them from buf */
-    r->nrecs = 0;
+    if (pixels <= FP_SMALL_PIXELS)
+        write_frames(buf, used, spans, r);
 }
 
 static struct fp_chan *touch(struct fp_chan *slots, uint32_t k, struct fp_scan *s)
@@ -179,6 +192,76 @@ static uint32_t send_run(struct fp_chan *slots, const uint8_t *buf, struct fp_sc
     return FP_STOP_SHORT;
 }
 
+/* What a frame handler tells fp_link_scan: go on to the next frame, wait
+ * for more input (the frame is not all here), or stop before this frame
+ * (s->stop set: the Python decoder takes it from there). */
+enum { STEP_NEXT, STEP_WAIT, STEP_STOP };
+
+static int stop_frame(struct fp_scan *s)
+{
+    s->stop = FP_STOP_FRAME;
+    return STEP_STOP;
+}
+
+static struct fp_pool *find_pool(const struct fp_scan *s, uint32_t ch, uint32_t key)
+{
+    for (uint32_t i = 0; i < s->npools; i++)
+        if (s->pools[i]->ch == ch && s->pools[i]->key == key)
+            return s->pools[i];
+    return NULL;
+}
+
+/* SHM_DATA at buf+*pos: pixels for a pool this table knows, copied in.  All
+ * of them must be in this buffer, unless s->stream_ok: then the rest comes
+ * straight into the pool (s->shm_pool, shm_off, shm_left). */
+static int shm_frame(const uint8_t *buf, uint32_t len, uint32_t *pos, uint32_t flen, uint32_t ch,
+                     struct fp_scan *s)
+{
+    const uint8_t *f = buf + *pos;
+    uint32_t key, pad;
+    uint64_t off;
+    if (flen < 16 || flen - 16 > s->max_shm)
+        return stop_frame(s);
+    if (len - *pos < 28 || (len - *pos - 12 < flen && !s->stream_ok))
+        return STEP_WAIT;
+    memcpy(&key, f + 12, 4);
+    memcpy(&pad, f + 16, 4);
+    memcpy(&off, f + 20, 8);
+    struct fp_pool *pl = find_pool(s, ch, key);
+    uint64_t plen = flen - 16;
+    if (pad || !pl || !pl->base || off > pl->size || plen > pl->size - off)
+        return stop_frame(s);
+    uint32_t have = len - *pos - 28;
+    if (have < plen) {
+        memcpy(pl->base + off, f + 28, have);
+        s->shm_pool = pl;
+        s->shm_off = off + have;
+        s->shm_left = plen - have;
+        *pos = len;
+        return STEP_WAIT;
+    }
+    memcpy(pl->base + off, f + 28, plen);
+    *pos += 12 + flen;
+    return STEP_NEXT;
+}
+
+/* CREDIT at buf+*pos for slot k: added up in the slot. */
+static int credit_frame(struct fp_chan *slots, uint32_t k, const uint8_t *buf, uint32_t len, uint32_t *pos,
+                        uint32_t flen, struct fp_scan *s)
+{
+    uint32_t v;
+    if (flen != 4)
+        return stop_frame(s);
+    if (len - *pos < 16)
+        return STEP_WAIT;
+    memcpy(&v, buf + *pos + 12, 4);
+    if ((uint64_t)slots[k].credit + v > UINT32_MAX)
+        return stop_frame(s);
+    touch(slots, k, s)->credit += v;
+    *pos += 16;
+    return STEP_NEXT;
+}
+
 /* Walk the complete frames at the start of buf[0:len] (link input, with
  * HELLO done and nothing buffered before it).  CREDIT frames and DATA frames
  * of channels in `slots` (at ch % nslots) are handled here: credits add up;
@@ -204,40 +287,11 @@ uint32_t fp_link_scan(struct fp_chan *slots, uint32_t nslots, const uint8_t *buf
         memcpy(&flags, buf + pos + 6, 2);
         memcpy(&ch, buf + pos + 8, 4);
         if (type == FP_LINK_SHM_DATA && !flags && ch && s->max_shm) {
-            /* pixels for a pool this table knows, all in this buffer: copy them in */
-            struct fp_pool *pl = NULL;
-            uint32_t key, pad;
-            uint64_t off;
-            if (flen < 16 || flen - 16 > s->max_shm) {
-                s->stop = FP_STOP_FRAME;
+            int step = shm_frame(buf, len, &pos, flen, ch, s);
+            if (step == STEP_STOP)
                 return pos;
-            }
-            if (len - pos < 28 || (len - pos - 12 < flen && !s->stream_ok))
+            if (step == STEP_WAIT)
                 break;
-            memcpy(&key, buf + pos + 12, 4);
-            memcpy(&pad, buf + pos + 16, 4);
-            memcpy(&off, buf + pos + 20, 8);
-            for (uint32_t i = 0; i < s->npools; i++)
-                if (s->pools[i]->ch == ch && s->pools[i]->key == key) {
-                    pl = s->pools[i];
-                    break;
-                }
-            uint64_t plen = flen - 16;
-            if (pad || !pl || !pl->base || off > pl->size || plen > pl->size - off) {
-                s->stop = FP_STOP_FRAME;
-                return pos;
-            }
-            uint32_t have = len - pos - 28;
-            if (have < plen) { /* the rest comes straight into the pool (stream_ok) */
-                memcpy(pl->base + off, buf + pos + 28, have);
-                s->shm_pool = pl;
-                s->shm_off = off + have;
-                s->shm_left = plen - have;
-                pos = len;
-                break;
-            }
-            memcpy(pl->base + off, buf + pos + 28, plen);
-            pos += 12 + flen;
             continue;
         }
         uint32_t k = ch % nslots;
@@ -247,20 +301,11 @@ uint32_t fp_link_scan(struct fp_chan *slots, uint32_t nslots, const uint8_t *buf
             return pos;
         }
         if (type == FP_LINK_CREDIT) {
-            uint32_t v;
-            if (flen != 4) {
-                s->stop = FP_STOP_FRAME;
+            int step = credit_frame(slots, k, buf, len, &pos, flen, s);
+            if (step == STEP_STOP)
                 return pos;
-            }
-            if (len - pos < 16)
+            if (step == STEP_WAIT)
                 break;
-            memcpy(&v, buf + pos + 12, 4);
-            if ((uint64_t)c->credit + v > UINT32_MAX) {
-                s->stop = FP_STOP_FRAME;
-                return pos;
-            }
-            touch(slots, k, s)->credit += v;
-            pos += 16;
             continue;
         }
         if (flen > s->max_data || !c->fast || (uint64_t)c->data + flen > c->room) {

@@ -195,15 +195,216 @@ static int fail(struct wlc_conn *c, int code, const char *fmt, ...)
     return code;
 }
 
-/* A pending new object from one message, applied only once the whole
- * message has validated. */
-struct newobj {
-    uint32_t id;
-    uint16_t iface;
-    uint32_t version;
+#define MAX_NEW 8
+
+/* One message while its arguments are checked.  New objects are only
+ * collected here and applied once the whole message has validated. */
+struct walk {
+    struct wlc_conn *c;
+    const uint8_t *p;
+    uint32_t size;
+    uint32_t off; /* next unread byte */
+    int dir;
+    uint32_t id, opcode;
+    const struct wlc_iface *ifc;
+    const struct wlc_obj *o;
+    uint32_t nnew;
+    struct {
+        uint32_t id;
+        uint16_t iface;
+        uint32_t version;
+    } news[MAX_NEW];
 };
 
-#define MAX_NEW 8
+static const char *const dirnames[2] = {"request", "event"};
+
+/* An invalid message: the text names it ("wl_surface@3 request 1: ...").
+ * libwayland's server posts all of these as invalid_method. */
+static int bad(const struct walk *w, const char *fmt, ...)
+{
+    char *e = w->c->err;
+    size_t cap = sizeof(w->c->err);
+    int n = snprintf(e, cap, "%s@%u %s %u: ", w->ifc->name, w->id, dirnames[w->dir], w->opcode);
+    size_t at = n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e + at, cap - at, fmt, ap);
+    va_end(ap);
+    return WLC_ERR_INVALID_METHOD;
+}
+
+/* The next argument word; 0 when the message ends first. */
+static int take(struct walk *w, uint32_t *v)
+{
+    if (w->off + 4 > w->size)
+        return 0;
+    *v = rd32(w->p + w->off);
+    w->off += 4;
+    return 1;
+}
+
+/* The bytes of a string or array whose length word `len` was just taken:
+ * they must fit in the message, padded to 4, and a string ends in NUL.
+ * `what` follows the null-string text (an interface name says so). */
+static int blob(struct walk *w, uint32_t i, uint32_t len, int type, int null_ok, const char *what)
+{
+    if (len == 0)
+        return null_ok ? -1 : bad(w, "argument %u: null string not allowed%s", i, what);
+    uint32_t padded = (len + 3u) & ~3u;
+    if (len > w->size || padded > w->size - w->off)
+        return bad(w, "argument %u: %s length %u runs past the message end", i,
+                   type == WLC_ARG_STRING ? "string" : "array", len);
+    if (type == WLC_ARG_STRING && w->p[w->off + len - 1] != 0)
+        return bad(w, "argument %u: string not NUL-terminated", i);
+    w->off += padded;
+    return -1;
+}
+
+static int object_arg(struct walk *w, uint32_t i, const struct wlc_arg *a, uint32_t v)
+{
+    const struct wlc_tables *t = w->c->t;
+    if (v == 0)
+        return a->flags & WLC_ARG_NULLABLE ? -1 : bad(w, "argument %u: null object not allowed", i);
+    struct wlc_obj *ao = lookup(w->c, v);
+    if (!ao || (w->dir == WLC_REQUEST && ao->state == WLC_OBJ_ZOMBIE))
+        return bad(w, "argument %u: invalid object %u", i, v);
+    if (a->iface != WLC_NO_IFACE && ao->iface != a->iface)
+        return bad(w, "argument %u: object %u is a %s, expected %s", i, v, t->ifaces[ao->iface].name,
+                   t->ifaces[a->iface].name);
+    return -1;
+}
+
+/* A new_id the XML gives no interface (wl_registry.bind) comes as the
+ * interface's name, the version, then the id; `*v` held the name's length
+ * and is left holding the id. */
+static int untyped_new_id(struct walk *w, uint32_t i, uint32_t *v, uint16_t *iface, uint32_t *version)
+{
+    const struct wlc_tables *t = w->c->t;
+    const char *name = (const char *)w->p + w->off;
+    uint32_t len = *v;
+    int r = blob(w, i, len, WLC_ARG_STRING, 0, " (interface name)");
+    if (r >= 0)
+        return r;
+    int found = wlc_iface_by_name(t, name, len - 1);
+    if (found < 0)
+        return bad(w, "unknown interface '%s'", name);
+    *iface = (uint16_t)found;
+    if (!take(w, version) || !take(w, v))
+        return bad(w, "message too short (argument %u)", i);
+    if (*version == 0 || *version > t->ifaces[found].version)
+        return bad(w, "%s version %u is not supported (1..%u)", t->ifaces[found].name, *version,
+                   t->ifaces[found].version);
+    return -1;
+}
+
+/* A new id must be in the sender's range and, as in libwayland's id map,
+ * the next free one or a freed one; the server may reuse a live id. */
+static int new_id_arg(struct walk *w, uint32_t i, const struct wlc_arg *a, uint32_t v)
+{
+    uint16_t iface = a->iface;
+    uint32_t version = w->o->version;
+    if (a->iface == WLC_NO_IFACE) {
+        int r = untyped_new_id(w, i, &v, &iface, &version);
+        if (r >= 0)
+            return r;
+    }
+    if (v == 0)
+        return a->flags & WLC_ARG_NULLABLE ? -1 : bad(w, "argument %u: new id 0", i);
+    int client_range = v < WLC_SERVER_ID_START;
+    if ((w->dir == WLC_REQUEST) != client_range)
+        return bad(w, "new id %u is outside the %s's id range", v,
+                   w->dir == WLC_REQUEST ? "client" : "server");
+    uint32_t idx;
+    struct objmap *m = map_for(w->c, v, &idx);
+    if (idx > m->count)
+        return bad(w, "new id %u is not the next free id (%u)", v,
+                   client_range ? m->count : m->count + WLC_SERVER_ID_START);
+    int in_use = idx < m->count && m->v[idx].state != WLC_OBJ_FREE;
+    for (uint32_t k = 0; k < w->nnew; k++)
+        in_use |= w->news[k].id == v;
+    if (in_use && w->dir == WLC_REQUEST)
+        return bad(w, "new id %u is already in use", v);
+    if (w->nnew == MAX_NEW)
+        return fail(w->c, WLC_ERR_IMPLEMENTATION, "too many new ids in one message");
+    w->news[w->nnew].id = v;
+    w->news[w->nnew].iface = iface;
+    w->news[w->nnew].version = version;
+    w->nnew++;
+    return -1;
+}
+
+/* The arguments, one signature entry at a time (fds travel out of band). */
+static int walk_args(struct walk *w, const struct wlc_msg *m)
+{
+    const struct wlc_arg *args = &w->c->t->args[m->first_arg];
+    for (uint32_t i = 0; i < m->nargs; i++) {
+        const struct wlc_arg *a = &args[i];
+        uint32_t v;
+        int r = -1;
+        if (a->type == WLC_ARG_FD)
+            continue;
+        if (!take(w, &v))
+            return bad(w, "message too short (argument %u)", i);
+        switch (a->type) {
+        case WLC_ARG_INT:
+        case WLC_ARG_UINT:
+        case WLC_ARG_FIXED:
+            break;
+        case WLC_ARG_STRING:
+            r = blob(w, i, v, a->type, a->flags & WLC_ARG_NULLABLE, "");
+            break;
+        case WLC_ARG_ARRAY:
+            r = blob(w, i, v, a->type, 1, "");
+            break;
+        case WLC_ARG_OBJECT:
+            r = object_arg(w, i, a, v);
+            break;
+        case WLC_ARG_NEW_ID:
+            r = new_id_arg(w, i, a, v);
+            break;
+        default:
+            r = fail(w->c, WLC_ERR_IMPLEMENTATION, "bad signature table");
+        }
+        if (r >= 0)
+            return r;
+    }
+    if (w->off != w->size)
+        return bad(w, "%u bytes of arguments, but the message carries %u", w->off - 8, w->size - 8);
+    return -1;
+}
+
+/* The message's effect on the object map: its new objects, a destructor,
+ * wl_display.delete_id.  Fails only if memory runs out. */
+static int apply(struct walk *w, const struct wlc_msg *m, uint32_t *err_obj)
+{
+    struct wlc_conn *c = w->c;
+    for (uint32_t k = 0; k < w->nnew; k++) {
+        uint32_t idx;
+        struct objmap *mp = map_for(c, w->news[k].id, &idx);
+        if (map_reserve(mp, idx) < 0) {
+            *err_obj = w->id;
+            return fail(c, WLC_ERR_NO_MEMORY, "out of memory");
+        }
+        put(c, w->news[k].id, w->news[k].iface, w->news[k].version);
+    }
+    if (m->flags & WLC_MSG_DESTRUCTOR) {
+        /* Client ids live on as zombies until the server's delete_id; server
+         * ids are gone at once. */
+        if (w->id < WLC_SERVER_ID_START)
+            lookup(c, w->id)->state = WLC_OBJ_ZOMBIE;
+        else
+            drop(c, w->id);
+    }
+    /* not w->o->iface: map_reserve may have moved the object array */
+    if (w->dir == WLC_EVENT && w->ifc == &c->t->ifaces[c->t->display_iface] && w->opcode == 1 &&
+        w->size >= 12) {
+        uint32_t gone = rd32(w->p + 8); /* wl_display.delete_id */
+        if (gone < WLC_SERVER_ID_START && gone != 1)
+            drop(c, gone);
+    }
+    c->fds[w->dir] -= m->nfds;
+    return -1;
+}
 
 /* Validate one complete message of `size` bytes; on success apply its effect
  * on the object map and return -1, else return a wl_display error code with
@@ -211,11 +412,16 @@ struct newobj {
 static int check(struct wlc_conn *c, int dir, const uint8_t *p, uint32_t size,
                  uint16_t *iface_out, uint32_t *nfds_out, uint32_t *err_obj)
 {
-    const struct wlc_tables *t = c->t;
-    uint32_t id = rd32(p);
-    uint32_t opcode = rd32(p + 4) & 0xffff;
-    struct wlc_obj *o = lookup(c, id);
-    const char *dirname = dir == WLC_REQUEST ? "request" : "event";
+    struct walk w; /* not "= {...}": that would zero news[] for every message */
+    w.c = c;
+    w.p = p;
+    w.size = size;
+    w.off = 8;
+    w.dir = dir;
+    w.id = rd32(p);
+    w.opcode = rd32(p + 4) & 0xffff;
+    w.nnew = 0;
+    w.o = lookup(c, w.id);
     /* Error codes follow libwayland's server: an unknown or destroyed target
      * object is invalid_object; everything else (bad opcode, version, size,
      * arguments, including bad object and new_id arguments) is
@@ -223,200 +429,39 @@ static int check(struct wlc_conn *c, int dir, const uint8_t *p, uint32_t size,
     *err_obj = 1;
     *iface_out = WLC_NO_IFACE;
     *nfds_out = 0;
-    if (!o) {
-        if (dir == WLC_EVENT) {
-            /* libwayland clients discard events for objects they do not know;
-             * nothing to validate against, so pass them through untouched. */
+    if (!w.o) {
+        /* libwayland clients discard events for objects they do not know;
+         * nothing to validate against, so pass them through untouched. */
+        if (dir == WLC_EVENT)
             return -1;
-        }
-        return fail(c, WLC_ERR_INVALID_OBJECT, "invalid object %u", id);
+        return fail(c, WLC_ERR_INVALID_OBJECT, "invalid object %u", w.id);
     }
-    const struct wlc_iface *ifc = &t->ifaces[o->iface];
-    *iface_out = o->iface;
-    if (dir == WLC_REQUEST && o->state == WLC_OBJ_ZOMBIE)
-        return fail(c, WLC_ERR_INVALID_OBJECT, "invalid object %u (%s@%u was destroyed)", id,
-                    ifc->name, id);
-    if (opcode >= ifc->nmsgs[dir])
+    w.ifc = &c->t->ifaces[w.o->iface];
+    *iface_out = w.o->iface;
+    if (dir == WLC_REQUEST && w.o->state == WLC_OBJ_ZOMBIE)
+        return fail(c, WLC_ERR_INVALID_OBJECT, "invalid object %u (%s@%u was destroyed)", w.id,
+                    w.ifc->name, w.id);
+    if (w.opcode >= w.ifc->nmsgs[dir])
         return fail(c, WLC_ERR_INVALID_METHOD, "invalid %s opcode %u for %s@%u (it has %u)",
-                    dirname, opcode, ifc->name, id, ifc->nmsgs[dir]);
-    const struct wlc_msg *m = &t->msgs[ifc->first_msg[dir] + opcode];
-    if (m->since > o->version)
+                    dirnames[dir], w.opcode, w.ifc->name, w.id, w.ifc->nmsgs[dir]);
+    const struct wlc_msg *m = &c->t->msgs[w.ifc->first_msg[dir] + w.opcode];
+    if (m->since > w.o->version)
         return fail(c, WLC_ERR_INVALID_METHOD,
                     "invalid %s opcode %u for %s@%u: needs version %u, object has version %u",
-                    dirname, opcode, ifc->name, id, m->since, o->version);
+                    dirnames[dir], w.opcode, w.ifc->name, w.id, m->since, w.o->version);
     if (m->nfds > c->fds[dir])
-        return fail(c, WLC_ERR_INVALID_METHOD, "%s@%u %s %u: missing fd (%u expected, %u received)",
-                    ifc->name, id, dirname, opcode, m->nfds, c->fds[dir]);
-
-    struct newobj news[MAX_NEW];
-    uint32_t nnew = 0;
-    uint32_t off = 8;
-    for (uint32_t i = 0; i < m->nargs; i++) {
-        const struct wlc_arg *a = &t->args[m->first_arg + i];
-        uint32_t v;
-        if (a->type == WLC_ARG_FD)
-            continue;
-        if (off + 4 > size)
-            return fail(c, WLC_ERR_INVALID_METHOD, "%s@%u %s %u: message too short (argument %u)",
-                        ifc->name, id, dirname, opcode, i);
-        v = rd32(p + off);
-        off += 4;
-        switch (a->type) {
-        case WLC_ARG_INT:
-        case WLC_ARG_UINT:
-        case WLC_ARG_FIXED:
-            break;
-        case WLC_ARG_STRING:
-        case WLC_ARG_ARRAY: {
-            if (v == 0) {
-                if (a->type == WLC_ARG_STRING && !(a->flags & WLC_ARG_NULLABLE))
-                    return fail(c, WLC_ERR_INVALID_METHOD,
-                                "%s@%u %s %u: argument %u: null string not allowed", ifc->name,
-                                id, dirname, opcode, i);
-                break;
-            }
-            uint32_t padded = (v + 3u) & ~3u;
-            if (v > size || padded > size - off)
-                return fail(c, WLC_ERR_INVALID_METHOD,
-                            "%s@%u %s %u: argument %u: %s length %u runs past the message end",
-                            ifc->name, id, dirname, opcode, i,
-                            a->type == WLC_ARG_STRING ? "string" : "array", v);
-            if (a->type == WLC_ARG_STRING && p[off + v - 1] != 0)
-                return fail(c, WLC_ERR_INVALID_METHOD,
-                            "%s@%u %s %u: argument %u: string not NUL-terminated", ifc->name,
-                            id, dirname, opcode, i);
-            off += padded;
-            break;
-        }
-        case WLC_ARG_OBJECT: {
-            if (v == 0) {
-                if (!(a->flags & WLC_ARG_NULLABLE))
-                    return fail(c, WLC_ERR_INVALID_METHOD,
-                                "%s@%u %s %u: argument %u: null object not allowed", ifc->name,
-                                id, dirname, opcode, i);
-                break;
-            }
-            struct wlc_obj *ao = lookup(c, v);
-            if (!ao || (dir == WLC_REQUEST && ao->state == WLC_OBJ_ZOMBIE))
-                return fail(c, WLC_ERR_INVALID_METHOD, "%s@%u %s %u: argument %u: invalid object %u",
-                            ifc->name, id, dirname, opcode, i, v);
-            if (a->iface != WLC_NO_IFACE && ao->iface != a->iface)
-                return fail(c, WLC_ERR_INVALID_METHOD,
-                            "%s@%u %s %u: argument %u: object %u is a %s, expected %s",
-                            ifc->name, id, dirname, opcode, i, v, t->ifaces[ao->iface].name,
-                            t->ifaces[a->iface].name);
-            break;
-        }
-        case WLC_ARG_NEW_ID: {
-            uint16_t niface = a->iface;
-            uint32_t nversion = o->version;
-            if (a->iface == WLC_NO_IFACE) {
-                /* string interface, uint version, then the id */
-                uint32_t slen = v;
-                uint32_t padded = (slen + 3u) & ~3u;
-                if (slen == 0)
-                    return fail(c, WLC_ERR_INVALID_METHOD,
-                                "%s@%u %s %u: argument %u: null string not allowed (interface name)",
-                                ifc->name, id, dirname, opcode, i);
-                if (slen > size || padded > size - off)
-                    return fail(c, WLC_ERR_INVALID_METHOD,
-                                "%s@%u %s %u: argument %u: string length %u runs past the message end",
-                                ifc->name, id, dirname, opcode, i, slen);
-                if (p[off + slen - 1] != 0)
-                    return fail(c, WLC_ERR_INVALID_METHOD,
-                                "%s@%u %s %u: argument %u: string not NUL-terminated", ifc->name,
-                                id, dirname, opcode, i);
-                int found = wlc_iface_by_name(t, (const char *)p + off, slen - 1);
-                if (found < 0)
-                    return fail(c, WLC_ERR_INVALID_METHOD,
-                                "%s@%u %s %u: unknown interface '%s'", ifc->name, id, dirname,
-                                opcode, (const char *)p + off);
-                niface = (uint16_t)found;
-                off += padded;
-                if (off + 8 > size)
-                    return fail(c, WLC_ERR_INVALID_METHOD,
-                                "%s@%u %s %u: message too short (argument %u)", ifc->name, id,
-                                dirname, opcode, i);
-                nversion = rd32(p + off);
-                v = rd32(p + off + 4);
-                off += 8;
-                if (nversion == 0 || nversion > t->ifaces[niface].version)
-                    return fail(c, WLC_ERR_INVALID_METHOD,
-                                "%s@%u %s %u: %s version %u is not supported (1..%u)", ifc->name,
-                                id, dirname, opcode, t->ifaces[niface].name, nversion,
-                                t->ifaces[niface].version);
-            }
-            if (v == 0) {
-                if (a->flags & WLC_ARG_NULLABLE)
-                    break;
-                return fail(c, WLC_ERR_INVALID_METHOD, "%s@%u %s %u: argument %u: new id 0",
-                            ifc->name, id, dirname, opcode, i);
-            }
-            int client_range = v < WLC_SERVER_ID_START;
-            if ((dir == WLC_REQUEST) != client_range)
-                return fail(c, WLC_ERR_INVALID_METHOD,
-                            "%s@%u %s %u: new id %u is outside the %s's id range", ifc->name, id,
-                            dirname, opcode, v, dir == WLC_REQUEST ? "client" : "server");
-            uint32_t idx;
-            struct objmap *mp = map_for(c, v, &idx);
-            if (idx > mp->count)
-                return fail(c, WLC_ERR_INVALID_METHOD,
-                            "%s@%u %s %u: new id %u is not the next free id (%u)", ifc->name,
-                            id, dirname, opcode, v,
-                            client_range ? mp->count : mp->count + WLC_SERVER_ID_START);
-            int in_use = idx < mp->count && mp->v[idx].state != WLC_OBJ_FREE;
-            for (uint32_t k = 0; k < nnew; k++)
-                in_use |= news[k].id == v;
-            if (in_use && dir == WLC_REQUEST)
-                return fail(c, WLC_ERR_INVALID_METHOD, "%s@%u %s %u: new id %u is already in use",
-                            ifc->name, id, dirname, opcode, v);
-            if (nnew == MAX_NEW)
-                return fail(c, WLC_ERR_IMPLEMENTATION, "too many new ids in one message");
-            news[nnew].id = v;
-            news[nnew].iface = niface;
-            news[nnew].version = nversion;
-            nnew++;
-            break;
-        }
-        default:
-            return fail(c, WLC_ERR_IMPLEMENTATION, "bad signature table");
-        }
-    }
-    if (off != size)
-        return fail(c, WLC_ERR_INVALID_METHOD,
-                    "%s@%u %s %u: %u bytes of arguments, but the message carries %u", ifc->name,
-                    id, dirname, opcode, off - 8, size - 8);
-    if (dir == WLC_REQUEST && nnew && c->live_objects + nnew > c->max_objects) {
-        *err_obj = id;
+        return bad(&w, "missing fd (%u expected, %u received)", m->nfds, c->fds[dir]);
+    int r = walk_args(&w, m);
+    if (r >= 0)
+        return r;
+    if (dir == WLC_REQUEST && w.nnew && c->live_objects + w.nnew > c->max_objects) {
+        *err_obj = w.id;
         return fail(c, WLC_ERR_NO_MEMORY, "object limit of %u reached", c->max_objects);
     }
-
-    /* Valid: apply the effects. */
-    for (uint32_t k = 0; k < nnew; k++) {
-        uint32_t idx;
-        struct objmap *mp = map_for(c, news[k].id, &idx);
-        if (map_reserve(mp, idx) < 0) {
-            *err_obj = id;
-            return fail(c, WLC_ERR_NO_MEMORY, "out of memory");
-        }
-        put(c, news[k].id, news[k].iface, news[k].version);
-    }
-    if (m->flags & WLC_MSG_DESTRUCTOR) {
-        /* Client ids live on as zombies until the server's delete_id; server
-         * ids are gone at once. */
-        if (id < WLC_SERVER_ID_START)
-            lookup(c, id)->state = WLC_OBJ_ZOMBIE;
-        else
-            drop(c, id);
-    }
-    if (dir == WLC_EVENT && *iface_out == t->display_iface && opcode == 1 && size >= 12) {
-        uint32_t gone = rd32(p + 8); /* wl_display.delete_id */
-        if (gone < WLC_SERVER_ID_START && gone != 1)
-            drop(c, gone);
-    }
-    c->fds[dir] -= m->nfds;
-    *nfds_out = m->nfds;
-    return -1;
+    r = apply(&w, m, err_obj);
+    if (r < 0)
+        *nfds_out = m->nfds;
+    return r;
 }
 
 uint32_t wlc_feed(struct wlc_conn *c, int dir, const uint8_t *buf, uint32_t len, uint32_t new_fds,
@@ -448,15 +493,8 @@ uint32_t wlc_feed(struct wlc_conn *c, int dir, const uint8_t *buf, uint32_t len,
         else
             code = check(c, dir, p, size, &iface, &nfds, &err_obj);
         if (code >= 0) {
-            struct wlc_rec *r = &out[n++];
-            r->kind = WLC_REC_ERROR;
-            r->start = pos;
-            r->len = size;
-            r->obj = err_obj;
-            r->iface = iface;
-            r->opcode = (uint16_t)opcode;
-            r->nfds = 0;
-            r->code = (uint16_t)code;
+            out[n++] = (struct wlc_rec){WLC_REC_ERROR, pos, size, err_obj, iface, (uint16_t)opcode, 0,
+                                        (uint16_t)code};
             *consumed = pos;
             return n;
         }
@@ -467,15 +505,8 @@ uint32_t wlc_feed(struct wlc_conn *c, int dir, const uint8_t *buf, uint32_t len,
             out[n - 1].len += size;
             out[n - 1].nfds += nfds;
         } else {
-            struct wlc_rec *r = &out[n++];
-            r->kind = want ? WLC_REC_MSG : WLC_REC_PASS;
-            r->start = pos;
-            r->len = size;
-            r->obj = id;
-            r->iface = iface;
-            r->opcode = (uint16_t)opcode;
-            r->nfds = (uint16_t)nfds;
-            r->code = 0;
+            out[n++] = (struct wlc_rec){want ? WLC_REC_MSG : WLC_REC_PASS, pos, size, id, iface,
+                                        (uint16_t)opcode, (uint16_t)nfds, 0};
         }
         pos += size;
         c->nmsgs[dir]++;
