@@ -554,19 +554,35 @@ int sf_apply(struct sf_state *st, const uint8_t *buf, const struct wlc_rec *recs
         const struct wlc_rec *r = &recs[i];
         if (r->kind == WLC_REC_PASS)
             continue;
-        const uint8_t *a = buf + r->start + 8;
-        if (r->opcode == st->op_attach) {
-            uint32_t bid;
-            memcpy(&bid, a, 4);
-            sf_attach(st, r->obj, bid);
-        } else if (r->opcode == st->op_commit) {
-            *split = r->start;
-            *nspans = sf_commit(st, r->obj, pool);
-        } else {
-            int32_t v[4];
-            memcpy(v, a, sizeof v);
-            sf_damage(st, r->obj, r->opcode == st->op_damage_buffer, v[0], v[1], v[2], v[3]);
-        }
+        uint32_t k = sf_request(st, buf + r->start, r->len, pool);
+        if (r->opcode == st->op_commit)
+            *split = r->start, *nspans = k;
     }
     return 1;
+}
+
+/* The one place wl_surface's attach, damage, damage_buffer and commit are
+ * decoded, for the read-and-forward path (sf_apply) and the Python path alike. */
+uint32_t sf_request(struct sf_state *st, const uint8_t *msg, uint32_t len, struct sf_pool **pool)
+{
+    uint32_t obj, word;
+    *pool = NULL;
+    if (len < 8)
+        return 0;
+    memcpy(&obj, msg, 4);
+    memcpy(&word, msg + 4, 4);
+    uint16_t op = word & 0xffff;
+    const uint8_t *a = msg + 8;
+    if (op == st->op_commit)
+        return sf_commit(st, obj, pool);
+    if (op == st->op_attach && len >= 8 + 12) { /* buffer, x, y */
+        uint32_t bid;
+        memcpy(&bid, a, 4);
+        sf_attach(st, obj, bid);
+    } else if ((op == st->op_damage || op == st->op_damage_buffer) && len >= 8 + 16) { /* x, y, w, h */
+        int32_t v[4];
+        memcpy(v, a, sizeof v);
+        sf_damage(st, obj, op == st->op_damage_buffer, v[0], v[1], v[2], v[3]);
+    }
+    return 0;
 }

@@ -47,3 +47,7 @@ const struct shm_span *sf_spans(struct sf_state *st);
  * *nspans and *pool: what sf_commit gave. */
 int sf_apply(struct sf_state *st, const uint8_t *buf, const struct wlc_rec *recs, uint32_t n,
              uint32_t *split, uint32_t *nspans, struct sf_pool **pool);
+/* One wl_surface request (attach, damage, damage_buffer or commit; others are
+ * ignored) of `len` bytes at msg, header included, applied to the model;
+ * returns what sf_commit gives for a commit (0 otherwise), *pool as there. */
+uint32_t sf_request(struct sf_state *st, const uint8_t *msg, uint32_t len, struct sf_pool **pool);

@@ -144,6 +144,13 @@ class Surfaces:
     def damage(self, sid: int, in_buffer: bool, x: int, y: int, w: int, h: int) -> None:
         lib.sf_damage(self.c, sid, int(in_buffer), x, y, w, h)
 
+    def request(self, data) -> Transfer | None:
+        """Apply one wl_surface attach, damage, damage_buffer or commit (its
+        bytes, decoded in C as the read-and-forward path does); the pixels a
+        commit sends, if any."""
+        n = lib.sf_request(self.c, ffi.from_buffer(data), len(data), self._pool_out)
+        return self.spans(n, self._pool_out[0])
+
     def commit(self, sid: int) -> Transfer | None:
         """The pixels this commit sends, if any."""
         n = lib.sf_commit(self.c, sid, self._pool_out)

@@ -69,12 +69,10 @@ class GuestChannel(Channel):
         r[("wl_shm_pool", "destroy")] = self.pool_destroy
         r[("wl_buffer", "destroy")] = self.buffer_destroy
         r[("wl_compositor", "create_surface")] = self.create_surface
-        r[("wl_surface", "attach")] = self.attach
-        r[("wl_surface", "damage")] = self.damage
-        r[("wl_surface", "damage_buffer")] = self.damage_buffer
+        for m in ("attach", "damage", "damage_buffer", "commit"):  # what surface.c decodes (sf_request)
+            r[("wl_surface", m)] = self.surface_request
         r[("wl_surface", "set_buffer_scale")] = self.set_scale
         r[("wl_surface", "set_buffer_transform")] = self.set_transform
-        r[("wl_surface", "commit")] = self.commit
         r[("wl_surface", "destroy")] = self.surface_destroy
         r[("wp_viewporter", "get_viewport")] = self.get_viewport
         proto = self.codec.tables.proto
@@ -182,16 +180,11 @@ class GuestChannel(Channel):
         self.surfaces.set_viewport(args[1])  # (new viewport, its surface)
         self.queue_data(data)
 
-    def attach(self, obj: int, args: list, data: memoryview, fds: list) -> None:
-        self.surfaces.attach(obj, args[0])  # (buffer, x, y)
-        self.queue_data(data)
-
-    def damage(self, obj: int, args: list, data: memoryview, fds: list) -> None:
-        self.surfaces.damage(obj, False, *args)
-        self.queue_data(data)
-
-    def damage_buffer(self, obj: int, args: list, data: memoryview, fds: list) -> None:
-        self.surfaces.damage(obj, True, *args)
+    def surface_request(self, obj: int, args: list, data: memoryview, fds: list) -> None:
+        """attach, damage, damage_buffer, commit: the C model decodes and applies them."""
+        t = self.surfaces.request(data)
+        if t is not None:
+            self.queue_pixels(t)
         self.queue_data(data)
 
     def set_scale(self, obj: int, args: list, data: memoryview, fds: list) -> None:
@@ -200,12 +193,6 @@ class GuestChannel(Channel):
 
     def set_transform(self, obj: int, args: list, data: memoryview, fds: list) -> None:
         self.surfaces.set_transform(obj, args[0])
-        self.queue_data(data)
-
-    def commit(self, obj: int, args: list, data: memoryview, fds: list) -> None:
-        t = self.surfaces.commit(obj)
-        if t is not None:
-            self.queue_pixels(t)
         self.queue_data(data)
 
     # -- a frame the C surface model applied (Channel._read_local) ------------
