@@ -63,35 +63,50 @@ static ssize_t read_once(int fd, uint8_t *buf, uint32_t cap, uint32_t filled, in
     return n;
 }
 
-/* The first `used` bytes of buf to the link in one writev: r->prefix, DATA
- * (the messages before the commit), SHM_DATA per span, DATA (the rest). */
-static void write_frames(const uint8_t *buf, uint32_t used, const struct shm_span *spans,
-                         struct fp_read *r)
+/* Room for the headers of one forwarded read's frames. */
+struct fp_heads {
+    uint8_t data[2][12];
+    uint8_t shm[FP_SMALL_SPANS][28];
+};
+
+/* The one description of how the first `used` bytes of buf go to the link:
+ * r->prefix, DATA (the messages before the commit), SHM_DATA per span of
+ * r->pool, DATA (the rest).  Fills w (4 + 2 * FP_SMALL_SPANS + 2 entries),
+ * headers in h; returns the count. */
+static uint32_t frames_iov(const uint8_t *buf, uint32_t used, const struct shm_span *spans,
+                           const struct fp_read *r, struct iovec *w, struct fp_heads *h)
 {
-    struct iovec w[4 + 2 * FP_SMALL_SPANS + 2];
-    uint8_t hdr[2][12], shm[FP_SMALL_SPANS][28];
     uint32_t nw = 0, before = r->nspans ? r->split : used;
     if (r->prefix_len)
         w[nw++] = (struct iovec){(void *)r->prefix, r->prefix_len};
     if (before) {
-        fp_frame_header(hdr[0], before, FP_LINK_DATA, r->channel);
-        w[nw++] = (struct iovec){hdr[0], 12};
+        fp_frame_header(h->data[0], before, FP_LINK_DATA, r->channel);
+        w[nw++] = (struct iovec){h->data[0], 12};
         w[nw++] = (struct iovec){(void *)buf, before};
     }
     for (uint32_t i = 0; i < r->nspans; i++) {
         uint32_t zero = 0;
-        fp_frame_header(shm[i], 16 + spans[i].len, FP_LINK_SHM_DATA, r->channel);
-        memcpy(shm[i] + 12, &r->pool->key, 4);
-        memcpy(shm[i] + 16, &zero, 4);
-        memcpy(shm[i] + 20, &spans[i].offset, 8);
-        w[nw++] = (struct iovec){shm[i], 28};
+        fp_frame_header(h->shm[i], 16 + spans[i].len, FP_LINK_SHM_DATA, r->channel);
+        memcpy(h->shm[i] + 12, &r->pool->key, 4);
+        memcpy(h->shm[i] + 16, &zero, 4);
+        memcpy(h->shm[i] + 20, &spans[i].offset, 8);
+        w[nw++] = (struct iovec){h->shm[i], 28};
         w[nw++] = (struct iovec){(void *)(r->pool->mm + spans[i].offset), spans[i].len};
     }
     if (used > before) {
-        fp_frame_header(hdr[1], used - before, FP_LINK_DATA, r->channel);
-        w[nw++] = (struct iovec){hdr[1], 12};
+        fp_frame_header(h->data[1], used - before, FP_LINK_DATA, r->channel);
+        w[nw++] = (struct iovec){h->data[1], 12};
         w[nw++] = (struct iovec){(void *)(buf + before), used - before};
     }
+    return nw;
+}
+
+static void write_frames(const uint8_t *buf, uint32_t used, const struct shm_span *spans,
+                         struct fp_read *r)
+{
+    struct iovec w[4 + 2 * FP_SMALL_SPANS + 2];
+    struct fp_heads h;
+    uint32_t nw = frames_iov(buf, used, spans, r, w, &h);
     r->total = 0;
     for (uint32_t i = 0; i < nw; i++)
         r->total += w[i].iov_len;
@@ -102,6 +117,25 @@ static void write_frames(const uint8_t *buf, uint32_t used, const struct shm_spa
     r->written = s < 0 ? -(int64_t)errno : (int64_t)s;
     r->forwarded = used; /* the caller queues what writev did not take, then drops them from buf */
     r->nrecs = 0;
+}
+
+void fp_unsent(const uint8_t *buf, const struct fp_read *r, uint8_t *out)
+{
+    struct iovec w[4 + 2 * FP_SMALL_SPANS + 2];
+    struct fp_heads h;
+    const struct shm_span *spans = r->nspans ? sf_spans(r->sf) : NULL;
+    uint32_t nw = frames_iov(buf, r->forwarded, spans, r, w, &h);
+    uint64_t skip = r->written > 0 ? (uint64_t)r->written : 0;
+    for (uint32_t i = 0; i < nw; i++) {
+        if (skip >= w[i].iov_len) {
+            skip -= w[i].iov_len;
+            continue;
+        }
+        size_t n = w[i].iov_len - skip;
+        memcpy(out, (const uint8_t *)w[i].iov_base + skip, n);
+        out += n;
+        skip = 0;
+    }
 }
 
 /* Read once from `fd` into buf[*filled, cap) (fds into `fds`), validate

@@ -31,6 +31,10 @@ struct fp_read {
 #define FP_SMALL_SPANS 128
 void fp_read_forward(struct wlc_conn *c, int dir, int fd, uint8_t *buf, uint32_t cap, uint32_t *filled,
                      int32_t *fds, uint32_t fds_cap, struct fp_read *r, struct wlc_rec *out, uint32_t out_cap);
+/* After a forwarded read whose writev came up short: the bytes it did not
+ * take (r->total - r->written of them) into out, from the same description
+ * of the frames as the writev (buf: the local buffer, not yet consumed). */
+void fp_unsent(const uint8_t *buf, const struct fp_read *r, uint8_t *out);
 #define FP_LINK_DATA 5
 #define FP_LINK_CREDIT 6
 #define FP_LINK_SHM_DATA 8

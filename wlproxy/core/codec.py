@@ -205,6 +205,14 @@ class Codec:
                             r, self._recs, self._cap)
         return self.after_read(src)
 
+    def unsent(self, src, r) -> bytearray:
+        """After the forwarded read ``r`` came up short: the bytes its writev
+        did not take, from C's one description of those frames (``src`` not
+        yet consumed)."""
+        out = bytearray(r.total - max(r.written, 0))
+        lib.fp_unsent(src.cbuf, r, ffi.from_buffer(out))
+        return out
+
     def after_read(self, src):
         """The last ``read_forward`` (made here or by C's fast loop): its bytes
         and fds join ``src``; returns its ``struct fp_read``."""

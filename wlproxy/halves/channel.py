@@ -166,7 +166,7 @@ class Channel:
         used = r.forwarded
         if used:
             self.unacked += used
-            w.sent_directly(prefix, r.written, r.total, lambda: self._frames_of(r, used))
+            w.sent_directly(prefix, r.written, r.total, lambda: self.codec.unsent(s, r))
             s.consume(used)
         elif r.applied:
             self._queue_applied(r)
@@ -176,10 +176,6 @@ class Channel:
                         self.local_error) < 0:
                 return
         self.flush()
-
-    def _frames_of(self, r, used: int) -> list:
-        """The link frames after the prefix that a forwarded read went out as (for a short write)."""
-        return [link.header(link.DATA, self.ch, used), self.local.view[:used]]
 
     def _queue_applied(self, r) -> None:
         """A read whose requests the C surface model applied, not forwarded: queue it."""

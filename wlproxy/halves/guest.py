@@ -196,17 +196,6 @@ class GuestChannel(Channel):
         self.queue_data(data)
 
     # -- a frame the C surface model applied (Channel._read_local) ------------
-    def _frames_of(self, r, used: int) -> list:
-        t = self.surfaces.spans(r.nspans, r.pool) if r.applied else None
-        if t is None:
-            return super()._frames_of(r, used)
-        view = self.local.view
-        out = [link.header(link.DATA, self.ch, r.split), view[:r.split]] if r.split else []
-        mm = t.pool.mm
-        for off, n in t.spans:
-            out += [link.shm_data_header(self.ch, t.pool.key, off, n), mm[off:off + n]]
-        return out + [link.header(link.DATA, self.ch, used - r.split), view[r.split:used]]
-
     def _queue_applied(self, r) -> None:
         used = r.consumed
         view = self.local.view

@@ -154,11 +154,11 @@ class LinkWriter:
         frames (and the held credits) to the link itself."""
         return not (self.closed or self._waiting or self._soon or self._inflight or self._urgent or self._ready)
 
-    def sent_directly(self, prefix: bytes, written: int, total: int, frames: Callable[[], list]) -> None:
+    def sent_directly(self, prefix: bytes, written: int, total: int, unsent: Callable[[], bytes]) -> None:
         """``prefix`` (what ``held`` gave) and link frames, ``total`` bytes in
         all, were written to the link outside the writer (``written`` bytes of
-        them, or -errno).  After a short write, ``frames()`` gives the buffers
-        that followed the prefix: the rest is kept as the frames in flight."""
+        them, or -errno).  After a short write, ``unsent()`` gives the bytes
+        from ``written`` on: they are kept as the frames in flight."""
         if prefix:
             self._take_held()
         if written < 0:
@@ -168,7 +168,7 @@ class LinkWriter:
                 return
             written = 0
         if written < total:
-            self._inflight = [memoryview(b"".join([prefix, *map(bytes, frames())])[written:])]
+            self._inflight = [memoryview(unsent())]
             self._wait()
 
     def drop_channel(self, channel: int) -> None:
