@@ -80,7 +80,7 @@ def test_each_action_help(root: Path, capsys: pytest.CaptureFixture[str], action
 def test_list_shows_valid_and_invalid_vms(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_vm(root / "vms", "firefox", full=True)
     bad = make_vm(root / "vms", "broken", disks=0)
-    assert vm(root, "list") == 0
+    assert vm(root, "list") == 1  # an invalid VM
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["NAME", "VALID", "CPUS", "MEMORY", "DISKS", "NET", "POLICY", "RUNNING"]
     assert out[1].split() == ["broken", "NO", "-", "-", "-", "-", "-", "-"]

@@ -128,7 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     p = add_parser("list", cmd_list, help="list the defined VMs and whether their definitions are valid",
-                       description="Every VM directory under --vms-dir, validated.")
+                       description="Every VM directory under --vms-dir, validated with its policy "
+                       "(NAME/wlproxy.toml or NAME.toml: see 'wlproxy policy show --help'); exits 1 when a "
+                       "VM is invalid.")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     p = add_parser("services", cmd_services, help="write s6 service directories or systemd units",
@@ -150,6 +152,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "'python -m wlproxy host --listen RUN_DIR/NAME/vsock_PORT --vm NAME' with the VM's policy.")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--display", default=None, metavar="D", help="the host compositor's Wayland display")
+    p.add_argument("--ready-fd", type=int, default=None, metavar="FD",
+                   help="passed on: the host half writes a newline to FD once listening (s6 notification-fd)")
+    p.add_argument("--allow-root", action="store_true", help="passed on: let the host half run as root")
     _port(p)
 
     _add_image(sub)
@@ -357,22 +362,30 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """Every VM, validated with its policy; 1 when one is invalid."""
+    from wlproxy.core import policy
     from wlproxy.vm import vmdef
 
     entries: list[dict[str, Any]] = []
     for name in vmdef.names(args.vms_dir):
         try:
             vm = vmdef.load(args.vms_dir, name)
+            if vm.policy is not None:
+                policy.load_file(vm.policy, name)
         except vmdef.VmDefError as e:
             entries.append({"name": name, "valid": False, "problems": e.problems})
+            continue
+        except policy.PolicyError as e:
+            entries.append({"name": name, "valid": False, "problems": [str(e)]})
             continue
         entries.append({"name": name, "valid": True, "cpus": vm.cpus, "memory": vm.memory,
                         "disks": [str(d) for d in vm.disks], "net_providers": list(vm.net_providers),
                         "policy": str(vm.policy) if vm.policy else None,
                         "running": (args.run_dir / name).is_dir()})
+    status = 1 if any(not e["valid"] for e in entries) else 0
     if args.json:
         print(json.dumps(entries, indent=2))
-        return 0
+        return status
     if not entries:
         print(f"no VMs under {args.vms_dir}")
         return 0
@@ -388,7 +401,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for e in entries:
         for problem in e.get("problems", []):
             print(f"{e['name']}: {problem}")
-    return 0
+    return status
 
 
 def cmd_services(args: argparse.Namespace) -> int:
@@ -413,6 +426,7 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 
 def cmd_host_half(args: argparse.Namespace) -> int:
+    from wlproxy.core.policy import PolicyError
     from wlproxy.vm.hosthalf import host_command, prepare_socket_dir
     from wlproxy.vm.vmdef import policy_path
 
@@ -424,7 +438,12 @@ def cmd_host_half(args: argparse.Namespace) -> int:
         prepare_socket_dir(paths)
     except OSError as e:
         raise _user_error(f"cannot prepare {paths.vm_dir}: {e}") from e
-    cmd = host_command(args.name, paths.host_socket, policy_path(vm_dir), args.display)
+    try:
+        pol = policy_path(vm_dir)
+    except PolicyError as e:
+        raise _user_error(str(e)) from e
+    cmd = host_command(args.name, paths.host_socket, pol, args.display, ready_fd=args.ready_fd,
+                       allow_root=args.allow_root)
     log.info("exec %s", " ".join(cmd))
     sys.stdout.flush()
     sys.stderr.flush()
