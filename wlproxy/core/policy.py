@@ -426,12 +426,19 @@ def candidates(vm: str, dirs: Iterable[Path]) -> list[Path]:
     return [p for d in dirs for p in (d / vm / "wlproxy.toml", d / f"{vm}.toml")]
 
 
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except OSError as e:  # e.g. a config dir this user may not enter
+        raise PolicyError(f"{p}: cannot look for a policy here: {e.strerror}") from None
+
+
 def lookup(vm: str, vms_dir: str | Path | None = None) -> Path | None:
     """The policy file of ``vm`` (see :data:`LOOKUP_DOC`), or None."""
     if not valid_vm_name(vm):
         raise PolicyError(f"VM name {vm!r} is not valid (1-64 letters, digits, '._-', not starting with '.')")
     for d in vms_dirs(vms_dir):
-        found = [p for p in candidates(vm, [d]) if p.is_file()]
+        found = [p for p in candidates(vm, [d]) if _is_file(p)]
         if len(found) > 1:
             raise PolicyError(f"VM {vm}: both {found[0]} and {found[1]} exist; keep one (the first is used "
                               "when alone)")

@@ -145,6 +145,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="weston's socket name, also passed to the host halves (default: wayland-1)")
     p.add_argument("--weston-args", default="", metavar="ARGS",
                    help="extra weston arguments, as one string: --weston-args='--backend=drm-backend.so'")
+    p.add_argument("--user", default="", metavar="USER",
+                   help="s6: the unprivileged user the host halves run as (s6-setuidgid; default: the "
+                   "supervisor's user, and a host half refuses root)")
+    p.add_argument("--socket-group", default="", metavar="GROUP",
+                   help="systemd: a group that may reach weston's socket, given to the host halves' "
+                   "transient user (SupplementaryGroups=)")
     _port(p)
 
     p = add_parser("host-half", cmd_host_half, help="run the host half of one VM (used by the service files)",
@@ -410,7 +416,8 @@ def cmd_services(args: argparse.Namespace) -> int:
     if not args.s6 and not args.systemd:
         raise _user_error("say where to write: --s6 DIR and/or --systemd DIR")
     params = servicegen.ServiceParams(vms_dir=args.vms_dir, run_dir=args.run_dir, port=args.port,
-                                      display=args.display, weston_args=args.weston_args)
+                                      display=args.display, weston_args=args.weston_args, user=args.user,
+                                      socket_group=args.socket_group)
     written: list[Path] = []
     if args.s6:
         names = args.vm if args.vm is not None else vmdef.names(args.vms_dir)
@@ -443,7 +450,7 @@ def cmd_host_half(args: argparse.Namespace) -> int:
     except PolicyError as e:
         raise _user_error(str(e)) from e
     cmd = host_command(args.name, paths.host_socket, pol, args.display, ready_fd=args.ready_fd,
-                       allow_root=args.allow_root)
+                       allow_root=args.allow_root, vms_dir=args.vms_dir.absolute())
     log.info("exec %s", " ".join(cmd))
     sys.stdout.flush()
     sys.stderr.flush()
