@@ -31,8 +31,7 @@ EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
 # Exit statuses, the same for every subcommand (wlproxy(1), EXIT STATUS).
 EXIT_STATUS: dict[int, str] = {
     0: "success",
-    1: "failure: the command ran and found a problem (an invalid VM in vm list, no running host "
-       "half to ask in status)",
+    1: "failure: the command ran and found a problem (an invalid VM in vm list)",
     2: "usage or input error: a bad option, policy file or VM definition (the message says which)",
     3: "an optional dependency is missing: the message names the extra to install",
     130: "interrupted (SIGINT)",
