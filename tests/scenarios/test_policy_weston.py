@@ -209,4 +209,6 @@ def test_audit_lines_are_json_with_the_vm(weston: Weston, tmp_path: Path) -> Non
         text = pair.host.log_text()
     events = audit_events(text)
     assert {e["event"] for e in events} >= {"policy_loaded", "bind_denied"}
-    assert all(e["vm"] == "jsonvm" and e["level"] == "warning" for e in events)
+    assert all(e["vm"] == "jsonvm" for e in events)
+    # routine events at info, denials at warning
+    assert all(e["level"] == ("info" if e["event"] == "policy_loaded" else "warning") for e in events)

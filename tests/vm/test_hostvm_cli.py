@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -80,7 +81,7 @@ def test_each_action_help(root: Path, capsys: pytest.CaptureFixture[str], action
 def test_list_shows_valid_and_invalid_vms(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_vm(root / "vms", "firefox", full=True)
     bad = make_vm(root / "vms", "broken", disks=0)
-    assert vm(root, "list") == 0
+    assert vm(root, "list") == 1  # an invalid VM
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["NAME", "VALID", "CPUS", "MEMORY", "DISKS", "NET", "POLICY", "RUNNING"]
     assert out[1].split() == ["broken", "NO", "-", "-", "-", "-", "-", "-"]
@@ -187,15 +188,16 @@ def test_services_written(root: Path, capsys: pytest.CaptureFixture[str]) -> Non
     listed = capsys.readouterr().out.split()
     assert sorted(listed) == sorted(str(root / p) for p in (
         "s6/weston/run", "s6/weston/timeout-kill", "s6/wlproxy-host-mail/run", "s6/wlproxy-host-mail/down",
-        "s6/wlproxy-host-mail/timeout-kill", "s6/wlproxy-host-web/run", "s6/wlproxy-host-web/down",
-        "s6/wlproxy-host-web/timeout-kill", "sd/wlproxy-host@.service", "sd/weston.service"))
+        "s6/wlproxy-host-mail/timeout-kill", "s6/wlproxy-host-mail/notification-fd", "s6/wlproxy-host-web/run",
+        "s6/wlproxy-host-web/down", "s6/wlproxy-host-web/timeout-kill", "s6/wlproxy-host-web/notification-fd",
+        "sd/wlproxy-host@.service", "sd/weston.service"))
     for f in map(Path, listed):
-        assert "@" not in f.read_text().replace("wlproxy-host@", "")
+        assert not re.search(r"@[A-Z_]+@", f.read_text())  # every placeholder filled
         if f.name == "run":
             assert os.access(f, os.X_OK) and f.read_text().startswith("#!/bin/sh\n")
             assert subprocess.run(["sh", "-n", str(f)]).returncode == 0
     run = (root / "s6/wlproxy-host-web/run").read_text()
-    assert f"vm host-half --vms-dir {root / 'vms'} --run-dir {root / 'run'} --port 6100 --display wayland-1" in run
+    assert f"vm host-half --ready-fd 3 --vms-dir {root / 'vms'} --run-dir {root / 'run'} --port 6100 --display wayland-1" in run
     unit = (root / "sd/wlproxy-host@.service").read_text()
     assert f"ExecStart={sys.executable} -m wlproxy -v vm host-half --vms-dir {root / 'vms'}" in unit
     assert unit.rstrip().endswith("WantedBy=multi-user.target") and "Restart=always" in unit

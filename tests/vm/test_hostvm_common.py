@@ -277,3 +277,23 @@ def children_of(pid: int) -> list[int]:
         if int(fields[1]) == pid and fields[0] != "Z":
             out.append(int(stat.parent.name))
     return out
+
+
+ENV_CH_SPEC = "WLPROXY_CH_SPEC"
+
+
+def ch_spec_path() -> Path:
+    """cloud-hypervisor's OpenAPI spec: ``$WLPROXY_CH_SPEC``, else ``shared/specs/`` beside the clone."""
+    env = os.environ.get(ENV_CH_SPEC)
+    if env:
+        return Path(env)
+    return ROOT.parent / "shared" / "specs" / "cloud-hypervisor.yaml"
+
+
+def require_ch_spec() -> Path:
+    """The spec's path, or skip the test saying where it was looked for."""
+    p = ch_spec_path()
+    if not p.is_file():
+        pytest.skip(f"the cloud-hypervisor spec is not at {p} (set ${ENV_CH_SPEC}, or put shared/specs/ "
+                    "beside the clone)")
+    return p

@@ -19,8 +19,9 @@ import jsonschema
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_hostvm_common import children_of, gone, make_vm, read_pids, short_tmpdir, standin_host_command  # noqa: E402
+sys.path.insert(0, str(Path(__file__).parent))
+from test_hostvm_common import (children_of, gone, make_vm, read_pids, require_ch_spec, short_tmpdir,  # noqa: E402
+                               standin_host_command)
 
 from wlproxy.vm import launch, vmdef  # noqa: E402
 from wlproxy.vm.chapi import ApiError, ChClient  # noqa: E402
@@ -34,7 +35,6 @@ CH = os.environ.get(ENV_BINARY) or shutil.which("cloud-hypervisor")
 pytestmark = pytest.mark.skipif(
     not CH, reason="cloud-hypervisor is not installed: no cloud-hypervisor on PATH and "
                    f"${ENV_BINARY} is unset")
-SPEC = Path(__file__).resolve().parents[3] / "shared" / "specs" / "cloud-hypervisor.yaml"
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def _schema(name: str) -> jsonschema.Draft4Validator:
-    spec = yaml.safe_load(SPEC.read_text())
+    spec = yaml.safe_load(require_ch_spec().read_text())
     return jsonschema.Draft4Validator({"$ref": f"#/components/schemas/{name}",
                                        "components": copy.deepcopy(spec["components"])})
 

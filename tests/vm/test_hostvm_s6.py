@@ -149,7 +149,8 @@ def test_host_half_service_comes_up_and_is_restarted(scan: Scan) -> None:
     # the run script execs through 'vm host-half' into the host half itself, so s6 supervises it directly
     i = argv.index(b"--listen")
     assert argv[i:i + 4] == [b"--listen", str(sock).encode(), b"--vm", b"appvm"]
-    assert argv[-2:] == [b"--display", DISPLAY.encode()]
+    assert argv[i + 4:i + 6] == [b"--display", DISPLAY.encode()]
+    assert argv[-2:] == [b"--ready-fd", b"3"]  # s6's notification-fd, passed through
     if scan.mode == "stand-in":
         assert read_pids(scan.pids) == [old, new]
     assert gone(old) or _zombie(old)

@@ -22,8 +22,8 @@ import jsonschema
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_hostvm_common import StandinHypervisor, make_vm, own_tmp, short_tmpdir  # noqa: E402,F401
+sys.path.insert(0, str(Path(__file__).parent))
+from test_hostvm_common import StandinHypervisor, make_vm, own_tmp, require_ch_spec, short_tmpdir  # noqa: E402,F401
 
 from wlproxy.vm import vmdef  # noqa: E402
 from wlproxy.vm.chapi import ApiError, ApiUnavailable, ChClient, UnixHTTPConnection, error_messages  # noqa: E402
@@ -31,14 +31,9 @@ from wlproxy.vm.cloudhv import CloudHypervisor, vm_config  # noqa: E402
 from wlproxy.vm.hypervisor import HypervisorError  # noqa: E402
 from wlproxy.vm.rundir import RunPaths  # noqa: E402
 
-SPEC_PATH = Path(__file__).resolve().parents[3] / "shared" / "specs" / "cloud-hypervisor.yaml"
-
-
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
-    if not SPEC_PATH.exists():
-        pytest.fail(f"the cloud-hypervisor spec is missing at {SPEC_PATH}")
-    return yaml.safe_load(SPEC_PATH.read_text())
+    return yaml.safe_load(require_ch_spec().read_text())
 
 
 def _forbid_extra(node: Any) -> None:

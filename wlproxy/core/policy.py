@@ -1,26 +1,10 @@
 """Per-VM policy: which globals a VM sees, its identity, clipboard and limits.
 
-A policy is a TOML file looked up by VM name through the XDG config dirs
-(pyxdg): ``$XDG_CONFIG_HOME/wlproxy/vms/<vm>.toml``, then each of
-``$XDG_CONFIG_DIRS`` (default ``/etc/xdg``) ``/wlproxy/vms/<vm>.toml``;
-``--policy FILE`` overrides the lookup.  No file means the defaults.
+Where a VM's policy is found is :data:`LOOKUP_DOC` (the one place it is
+described; ``wlproxy policy --help`` and wlproxy-policy(5) print it).
 
 Everything is validated on load: an unknown key or a bad value is refused
-with a message naming the file, the line and the key.  Example::
-
-    tag = "work"                 # window title prefix "[work] ", app_id "work.<app_id>"
-    clipboard = "to-host"        # both | to-host | from-host | none
-    security_context = "off"     # off | prefer | require
-
-    [globals]
-    baseline = "default"         # "default" (the safe set below) or "none"
-    deny = ["wp_presentation"]
-    allow = { zwp_idle_inhibit_manager_v1 = 1, wl_seat = 5 }
-
-    [limits]
-    clients = 16
-    shm_bytes_per_client = "256 MiB"
-    messages_per_second = 20000
+with a message naming the file, the line and the key.  Example: :data:`EXAMPLE`.
 """
 
 from __future__ import annotations
@@ -29,7 +13,35 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
+
+LOOKUP_DOC = """\
+The policy of VM NAME is the first file found, looking in each VMs directory in turn:
+DIR/NAME/wlproxy.toml (beside the VM's definition), then DIR/NAME.toml.  Having both
+in one directory is an error.
+
+The VMs directories are --vms-dir DIR when given (wlproxy vm, wlproxy policy show),
+else wlproxy/vms under each XDG config directory: $XDG_CONFIG_HOME (default
+~/.config), then each of $XDG_CONFIG_DIRS (default /etc/xdg).  --policy FILE
+(wlproxy host, wlproxy policy show) uses that file instead.  No file: the built-in
+defaults.
+"""
+
+EXAMPLE = """\
+tag = "work"                 # window title prefix "[work] ", app_id "work.<app_id>"
+clipboard = "to-host"        # both | to-host | from-host | none
+security_context = "off"     # off | prefer | require
+
+[globals]
+baseline = "default"         # "default" (the safe set) or "none"
+deny = ["wp_presentation"]
+allow = { zwp_idle_inhibit_manager_v1 = 1, wl_seat = 5 }
+
+[limits]
+clients = 16
+shm_bytes_per_client = "256 MiB"   # MiB = 2^20 bytes; MB = 10^6 bytes
+messages_per_second = 20000
+"""
 
 # -- the globals baseline ---------------------------------------------------------
 
@@ -85,13 +97,26 @@ FORBIDDEN_GLOBALS: frozenset[str] = frozenset({
     "zwp_fullscreen_shell_v1",
 })
 
+KNOWN_NAMES = frozenset(DEFAULT_GLOBALS) | UNSAFE_GLOBALS | FORBIDDEN_GLOBALS
+
 CLIPBOARD_MODES = ("both", "to-host", "from-host", "none")
 SECURITY_CONTEXT_MODES = ("off", "prefer", "require")
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _IFACE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-_SIZE_RE = re.compile(r"\s*(\d+)\s*([KMGT]?)(i?B?)\s*", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE_RE = re.compile(r"\s*(\d+)\s*([KMGT]?)(i?)(B?)\s*", re.IGNORECASE)
+_POWER = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``: ``4096``, ``"64 MiB"`` (2^20 each: KiB MiB GiB TiB), ``"64 MB"``
+    (10^6 each: kB MB GB TB) or ``"64M"`` (a bare letter: binary, as in ``1G``)."""
+    m = _SIZE_RE.fullmatch(text)
+    if not m or (m.group(3) and not (m.group(2) and m.group(4))):
+        raise ValueError(f"bad size {text!r} (bytes, or e.g. \"64 MiB\" = 64*2^20, \"64 MB\" = 64*10^6)")
+    n, prefix, binary, b = int(m.group(1)), m.group(2).upper(), m.group(3), m.group(4)
+    base = 1024 if binary or not b else 1000
+    return n * base ** _POWER[prefix]
 
 
 def forbidden(iface: str) -> bool:
@@ -287,11 +312,10 @@ class _Checker:
 
     def count(self, value: Any, path: tuple[str, ...], lo: int, hi: int, size: bool = False) -> int:
         if size and isinstance(value, str):
-            m = _SIZE_RE.fullmatch(value)
-            if not m or (m.group(3) and m.group(3).lower() not in ("b", "ib")) or \
-                    (m.group(3).lower() == "ib" and not m.group(2)):
-                raise self.fail(path, f"bad size {value!r} (an integer of bytes, or e.g. \"64 MiB\", \"1G\")")
-            value = int(m.group(1)) * _UNITS[m.group(2).upper()]
+            try:
+                value = parse_size(value)
+            except ValueError as e:
+                raise self.fail(path, str(e)) from None
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(path, f"must be an integer{' or a size' if size else ''}, not {_tname(value)}")
         if not lo <= value <= hi:
@@ -357,6 +381,8 @@ def parse(text: str, vm: str, where: str = "<policy>") -> Policy:
             raise c.fail(("globals", "deny"), f"{iface!r} is not a Wayland interface name")
         if iface in allow:
             raise c.fail(("globals", "deny"), f"{iface} is both allowed and denied")
+        if iface not in proto and iface not in KNOWN_NAMES:
+            raise c.fail(("globals", "deny"), f"{iface} is not an interface wlproxy knows (a typo?)")
         allowed.pop(iface, None)
     lim = c.table(data.get("limits", {}), ("limits",), Limits.CONFIGURABLE)
     lkw = {}
@@ -385,22 +411,51 @@ def load_file(path: str | Path, vm: str) -> Policy:
     return parse(text, vm, str(p))
 
 
-def lookup(vm: str) -> Path | None:
-    """The policy file for ``vm`` in the XDG config dirs, or None."""
-    if not valid_vm_name(vm):
-        raise PolicyError(f"VM name {vm!r} is not valid (1-64 letters, digits, '._-', not starting with '.')")
+def vms_dirs(vms_dir: str | Path | None = None) -> list[Path]:
+    """The VMs directories searched, in order (see :data:`LOOKUP_DOC`)."""
+    if vms_dir is not None:
+        return [Path(vms_dir)]
     from xdg import BaseDirectory  # noqa: PLC0415
 
-    for d in BaseDirectory.load_config_paths("wlproxy", "vms"):
-        f = Path(d) / f"{vm}.toml"
-        if f.is_file():
-            return f
+    homes = [BaseDirectory.xdg_config_home, *BaseDirectory.xdg_config_dirs]
+    return [Path(d) / "wlproxy" / "vms" for d in dict.fromkeys(homes)]
+
+
+def candidates(vm: str, dirs: Iterable[Path]) -> list[Path]:
+    """Every file that would be the policy of ``vm``, in lookup order."""
+    return [p for d in dirs for p in (d / vm / "wlproxy.toml", d / f"{vm}.toml")]
+
+
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except OSError as e:  # e.g. a config dir this user may not enter
+        raise PolicyError(f"{p}: cannot look for a policy here: {e.strerror}") from None
+
+
+def lookup(vm: str, vms_dir: str | Path | None = None) -> Path | None:
+    """The policy file of ``vm`` (see :data:`LOOKUP_DOC`), or None."""
+    if not valid_vm_name(vm):
+        raise PolicyError(f"VM name {vm!r} is not valid (1-64 letters, digits, '._-', not starting with '.')")
+    for d in vms_dirs(vms_dir):
+        found = [p for p in candidates(vm, [d]) if _is_file(p)]
+        if len(found) > 1:
+            raise PolicyError(f"VM {vm}: both {found[0]} and {found[1]} exist; keep one (the first is used "
+                              "when alone)")
+        if found:
+            return found[0]
     return None
 
 
-def for_vm(vm: str, path: str | Path | None = None) -> Policy:
-    """The effective policy of ``vm``: ``path`` if given, else the XDG lookup, else defaults."""
+def for_vm(vm: str, path: str | Path | None = None, vms_dir: str | Path | None = None) -> Policy:
+    """The effective policy of ``vm``: ``path`` if given, else the lookup, else defaults."""
     if path is not None:
         return load_file(path, vm)
-    found = lookup(vm)
+    found = lookup(vm, vms_dir)
     return load_file(found, vm) if found else default(vm)
+
+
+def vm_of_file(path: str | Path) -> str:
+    """The VM a policy file belongs to, from its place: ``NAME/wlproxy.toml`` or ``NAME.toml``."""
+    p = Path(path).absolute()
+    return p.parent.name if p.name == "wlproxy.toml" else p.name.removesuffix(".toml")

@@ -35,12 +35,18 @@ SHM_CHUNK = 1 << 20
 
 
 
+def socket_name(given: str | None) -> str:
+    """The guest half's own socket: ``--socket``, else ``$WAYLAND_DISPLAY``, else ``wayland-0``."""
+    return given or os.environ.get("WAYLAND_DISPLAY") or "wayland-0"
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--link", required=True, metavar="URL",
                    help="how to reach the host half: vsock:PORT (cloud-hypervisor), virtio-port:NAME "
                    "(virtio-console port) or unix:PATH (development)")
-    p.add_argument("--socket", default="wayland-0", metavar="NAME",
-                   help="socket name in XDG_RUNTIME_DIR, or absolute path (default: %(default)s); "
+    p.add_argument("--socket", default=None, metavar="NAME",
+                   help="socket name in XDG_RUNTIME_DIR, or absolute path (default: $WAYLAND_DISPLAY, "
+                   "else wayland-0); "
                    "ignored when a socket comes from socket activation (LISTEN_FDS)")
     p.add_argument("--reconnect", type=float, default=1.0, metavar="SECONDS",
                    help="retry interval when the link is down (default: %(default)s)")
@@ -413,7 +419,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("using %d socket(s) from socket activation", len(activated))
     else:
         try:
-            owned = ListeningSocket(args.socket)
+            owned = ListeningSocket(socket_name(args.socket))
         except SocketError as e:
             raise UserError(str(e)) from None
         listeners = [owned]

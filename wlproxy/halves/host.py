@@ -24,6 +24,7 @@ from wlproxy.cli import UserError, add_sched_slice
 from wlproxy.core.codec import IMPLEMENTATION, INVALID_METHOD, INVALID_OBJECT, NO_MEMORY, Record, default_tables
 from wlproxy.io.fdsock import close_fds
 from wlproxy.logs import audit
+from wlproxy.io import notify
 from wlproxy.io.loop import Loop
 from wlproxy.io.sched import short_slice
 from wlproxy.core.protocol import EVENT, REQUEST
@@ -71,8 +72,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(e.g. /run/vm/NAME/vsock_6000), unix:PATH, or fd:N for an inherited socket")
     p.add_argument("--vm", default="vm", metavar="NAME", help="the VM's name, for logs and policy (default: %(default)s)")
     p.add_argument("--display", metavar="NAME", help="weston's socket (default: $WAYLAND_DISPLAY)")
-    p.add_argument("--policy", metavar="FILE", help="policy file (default: looked up by VM name)")
+    p.add_argument("--policy", metavar="FILE", help="policy file (default: looked up by VM name, see "
+                   "'wlproxy policy show --help')")
+    p.add_argument("--vms-dir", metavar="DIR", help="look the policy up in this VMs directory only")
+    p.add_argument("--ready-fd", type=int, metavar="FD", default=None,
+                   help="write a newline to FD once listening (s6's notification-fd); READY=1 also goes "
+                   "to $NOTIFY_SOCKET when set (systemd Type=notify)")
+    p.add_argument("--allow-root", action="store_true",
+                   help="run even as root (refused otherwise: the host half parses what an untrusted VM "
+                   f"sends); ${ALLOW_ROOT_ENV}=1 does the same")
     add_sched_slice(p, "the host's")
+
+
+ALLOW_ROOT_ENV = "WLPROXY_ALLOW_ROOT"
+
+
+def check_not_root(allow: bool) -> None:
+    """Refuse to run with root's powers unless told to."""
+    if os.geteuid() == 0 and not allow and os.environ.get(ALLOW_ROOT_ENV) != "1":
+        raise UserError("refusing to run as root: the host half parses what an untrusted VM sends; run it "
+                        f"as an unprivileged user (see the systemd unit), or pass --allow-root "
+                        f"(${ALLOW_ROOT_ENV}=1)")
 
 
 class _Closed(Exception):
@@ -728,8 +748,9 @@ def check_security_context(pol: policy.Policy, display: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_not_root(args.allow_root)
     try:
-        pol = policy.for_vm(args.vm, args.policy)
+        pol = policy.for_vm(args.vm, args.policy, args.vms_dir)
     except policy.PolicyError as e:
         raise UserError(str(e)) from None
     audit("policy_loaded", vm=pol.vm, source=pol.source or "defaults", tag=pol.tag, clipboard=pol.clipboard,
@@ -747,6 +768,12 @@ def run(args: argparse.Namespace) -> int:
     server = HostServer(loop, sock, args.vm, args.display, pol)
     log.info("VM %s: host half listening on %s, compositor %s", args.vm, ep, args.display or os.environ.get("WAYLAND_DISPLAY", "wayland-0"))
     loop.stop_on_signals()
+
+    def ready() -> None:  # from the loop's first turn: listening, and handling signals
+        told = notify.ready(args.ready_fd, f"listening on {ep}")
+        if told:
+            log.info("VM %s: readiness reported to %s", args.vm, ", ".join(told))
+    loop.call_soon(ready)
     try:
         loop.run()
     finally:

@@ -194,7 +194,7 @@ class Loop:
         # what exists before the loop runs (the protocol model, the policy) lives
         # as long as the process: keep the cyclic collector from walking it
         gc.freeze()
-        self._running = True
+        self._running = not self.signalled  # a stop signal before run() is not lost
         while self._running:
             self.run_once()
 

@@ -174,6 +174,8 @@ class AppVmSession:
             env["PYTHONPATH"] = os.pathsep.join(p for p in (src, pp) if p)
         if self.accel:
             env["WLPROXY_QEMU_ACCEL"] = self.accel
+        if os.geteuid() == 0:  # a demo on this machine, run as root: the host half must be told it may
+            env["WLPROXY_ALLOW_ROOT"] = "1"
         return env
 
     def vm_cli(self, *args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:

@@ -128,7 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     p = add_parser("list", cmd_list, help="list the defined VMs and whether their definitions are valid",
-                       description="Every VM directory under --vms-dir, validated.")
+                       description="Every VM directory under --vms-dir, validated with its policy "
+                       "(NAME/wlproxy.toml or NAME.toml: see 'wlproxy policy show --help'); exits 1 when a "
+                       "VM is invalid.")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
 
     p = add_parser("services", cmd_services, help="write s6 service directories or systemd units",
@@ -143,6 +145,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="weston's socket name, also passed to the host halves (default: wayland-1)")
     p.add_argument("--weston-args", default="", metavar="ARGS",
                    help="extra weston arguments, as one string: --weston-args='--backend=drm-backend.so'")
+    p.add_argument("--user", default="", metavar="USER",
+                   help="s6: the unprivileged user the host halves run as (s6-setuidgid; default: the "
+                   "supervisor's user, and a host half refuses root)")
+    p.add_argument("--socket-group", default="", metavar="GROUP",
+                   help="systemd: a group that may reach weston's socket, given to the host halves' "
+                   "transient user (SupplementaryGroups=)")
     _port(p)
 
     p = add_parser("host-half", cmd_host_half, help="run the host half of one VM (used by the service files)",
@@ -150,6 +158,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        "'python -m wlproxy host --listen RUN_DIR/NAME/vsock_PORT --vm NAME' with the VM's policy.")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--display", default=None, metavar="D", help="the host compositor's Wayland display")
+    p.add_argument("--ready-fd", type=int, default=None, metavar="FD",
+                   help="passed on: the host half writes a newline to FD once listening (s6 notification-fd)")
+    p.add_argument("--allow-root", action="store_true", help="passed on: let the host half run as root")
     _port(p)
 
     _add_image(sub)
@@ -357,22 +368,30 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """Every VM, validated with its policy; 1 when one is invalid."""
+    from wlproxy.core import policy
     from wlproxy.vm import vmdef
 
     entries: list[dict[str, Any]] = []
     for name in vmdef.names(args.vms_dir):
         try:
             vm = vmdef.load(args.vms_dir, name)
+            if vm.policy is not None:
+                policy.load_file(vm.policy, name)
         except vmdef.VmDefError as e:
             entries.append({"name": name, "valid": False, "problems": e.problems})
+            continue
+        except policy.PolicyError as e:
+            entries.append({"name": name, "valid": False, "problems": [str(e)]})
             continue
         entries.append({"name": name, "valid": True, "cpus": vm.cpus, "memory": vm.memory,
                         "disks": [str(d) for d in vm.disks], "net_providers": list(vm.net_providers),
                         "policy": str(vm.policy) if vm.policy else None,
                         "running": (args.run_dir / name).is_dir()})
+    status = 1 if any(not e["valid"] for e in entries) else 0
     if args.json:
         print(json.dumps(entries, indent=2))
-        return 0
+        return status
     if not entries:
         print(f"no VMs under {args.vms_dir}")
         return 0
@@ -388,7 +407,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for e in entries:
         for problem in e.get("problems", []):
             print(f"{e['name']}: {problem}")
-    return 0
+    return status
 
 
 def cmd_services(args: argparse.Namespace) -> int:
@@ -397,7 +416,8 @@ def cmd_services(args: argparse.Namespace) -> int:
     if not args.s6 and not args.systemd:
         raise _user_error("say where to write: --s6 DIR and/or --systemd DIR")
     params = servicegen.ServiceParams(vms_dir=args.vms_dir, run_dir=args.run_dir, port=args.port,
-                                      display=args.display, weston_args=args.weston_args)
+                                      display=args.display, weston_args=args.weston_args, user=args.user,
+                                      socket_group=args.socket_group)
     written: list[Path] = []
     if args.s6:
         names = args.vm if args.vm is not None else vmdef.names(args.vms_dir)
@@ -413,6 +433,7 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 
 def cmd_host_half(args: argparse.Namespace) -> int:
+    from wlproxy.core.policy import PolicyError
     from wlproxy.vm.hosthalf import host_command, prepare_socket_dir
     from wlproxy.vm.vmdef import policy_path
 
@@ -424,7 +445,12 @@ def cmd_host_half(args: argparse.Namespace) -> int:
         prepare_socket_dir(paths)
     except OSError as e:
         raise _user_error(f"cannot prepare {paths.vm_dir}: {e}") from e
-    cmd = host_command(args.name, paths.host_socket, policy_path(vm_dir), args.display)
+    try:
+        pol = policy_path(vm_dir)
+    except PolicyError as e:
+        raise _user_error(str(e)) from e
+    cmd = host_command(args.name, paths.host_socket, pol, args.display, ready_fd=args.ready_fd,
+                       allow_root=args.allow_root, vms_dir=args.vms_dir.absolute())
     log.info("exec %s", " ".join(cmd))
     sys.stdout.flush()
     sys.stderr.flush()

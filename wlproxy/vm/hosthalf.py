@@ -29,8 +29,11 @@ class HostHalfError(Exception):
     """The host half could not be started or stopped."""
 
 
-def host_command(name: str, socket: Path, policy: Path | None, display: str | None) -> list[str]:
-    """``python -m wlproxy host --listen SOCKET --vm NAME [--policy P] [--display D]``."""
+def host_command(name: str, socket: Path, policy: Path | None, display: str | None, *,
+                 ready_fd: int | None = None, allow_root: bool = False,
+                 vms_dir: Path | None = None) -> list[str]:
+    """``python -m wlproxy host --listen SOCKET --vm NAME [--policy P] [--display D] [--ready-fd FD]
+    [--allow-root]``."""
     override = os.environ.get(ENV_COMMAND)
     base = shlex.split(override) if override else [sys.executable, "-m", "wlproxy", "host"]
     cmd = base + ["--listen", str(socket), "--vm", name]
@@ -38,6 +41,12 @@ def host_command(name: str, socket: Path, policy: Path | None, display: str | No
         cmd += ["--policy", str(policy)]
     if display:
         cmd += ["--display", display]
+    if policy is None and vms_dir is not None:  # no policy file there: the defaults, not another dir's
+        cmd += ["--vms-dir", str(vms_dir)]
+    if ready_fd is not None:
+        cmd += ["--ready-fd", str(ready_fd)]
+    if allow_root:
+        cmd.append("--allow-root")
     return cmd
 
 

@@ -1,7 +1,8 @@
 """Guest image tooling (``wlproxy vm image build``): a kernel and an initramfs.
 
-The kernel is Debian's generic ``linux-image-6.1.*-amd64`` (the ``-cloud-``
-flavour lacks 9p), fetched with ``apt-get download`` and unpacked with
+The kernel is the distribution's generic kernel package, whatever its version
+(Debian's ``linux-image-VERSION-ARCH``, Ubuntu's ``linux-image-VERSION-generic``;
+Debian's ``-cloud-`` flavour lacks 9p), fetched with ``apt-get download`` and unpacked with
 ``dpkg -x``, installing nothing. The boot file is the uncompressed ``vmlinux``
 taken out of ``vmlinuz``. The initramfs holds busybox-static, the virtio,
 9p and virtio-console modules, :mod:`wlproxy.vm.guestinit`'s ``/init`` and
@@ -39,7 +40,24 @@ log = logging.getLogger("hostvm.image")
 FORMAT = 1  # bump when the image layout changes, to force rebuilds
 MODULES = ["virtio_pci", "virtio_mmio", "virtio_console", "9pnet_virtio", "9p",
            "button", "evdev"]  # the ACPI power button, seen by the runner through evdev
-KERNEL_RE = re.compile(r"^linux-image-6\.1\.\d+-\d+-amd64$")
+# the metapackages that point at a distribution's generic kernel, tried in order ({arch}: dpkg's)
+KERNEL_METAPACKAGES = ("linux-image-{arch}", "linux-image-generic")
+
+
+def deb_arch() -> str:
+    """dpkg's name for this machine's architecture (amd64 when dpkg cannot say)."""
+    try:
+        return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                              check=True).stdout.strip() or "amd64"
+    except (OSError, subprocess.CalledProcessError):
+        return "amd64"
+
+
+def kernel_re(arch: str | None = None) -> re.Pattern[str]:
+    """A generic versioned kernel package: 6.1.0-28-amd64, 6.12.12+bpo-amd64, 6.8.0-31-generic
+    (not -cloud-, -rt-, -dbg or unsigned ones)."""
+    a = re.escape(arch or deb_arch())
+    return re.compile(rf"^linux-image-\d+\.\d+(?:\.\d+)*(?:-\d+)?(?:\+\w+)?-(?:{a}|generic)$")
 BUSYBOX_CANDIDATES = [Path("/bin/busybox"), Path("/usr/bin/busybox")]
 RUNNER_SOURCE = Path(__file__).with_name("guestrun.py")
 
@@ -94,25 +112,34 @@ def _version_key(name: str) -> tuple[int, ...]:
 
 
 def pick_kernel_package() -> tuple[str, str]:
-    """(package, version) of the generic 6.1 kernel apt offers, newest ABI first.
+    """(package, version) of the generic kernel apt offers.
 
-    The ``linux-image-amd64`` metapackage's dependency is preferred; when it points
-    elsewhere (backports), the newest ``linux-image-6.1.*-amd64`` is taken.
+    The dependency of the distribution's kernel metapackage (:data:`KERNEL_METAPACKAGES`)
+    is preferred; without one, the newest generic versioned kernel package is taken.
     """
-    names = [line.strip().split(":", 1)[1].strip() for line in
-             _run(["apt-cache", "depends", "linux-image-amd64"]).splitlines()
-             if line.strip().startswith("Depends:")]
-    names = [n for n in names if KERNEL_RE.match(n)]
+    arch = deb_arch()
+    pattern = kernel_re(arch)
+    names: list[str] = []
+    for meta in KERNEL_METAPACKAGES:
+        try:
+            out = _run(["apt-cache", "depends", meta.format(arch=arch)])
+        except ImageError:
+            continue
+        names = [n for line in out.splitlines() if line.strip().startswith("Depends:")
+                 for n in [line.strip().split(":", 1)[1].strip()] if pattern.match(n)]
+        if names:
+            break
     if not names:
-        found = _run(["apt-cache", "search", "--names-only", r"^linux-image-6\.1\.[0-9]+-[0-9]+-amd64$"])
-        names = sorted((line.split()[0] for line in found.splitlines() if KERNEL_RE.match(line.split()[0])),
-                       key=_version_key, reverse=True)
+        found = _run(["apt-cache", "search", "--names-only", r"^linux-image-[0-9]"])
+        names = sorted((line.split()[0] for line in found.splitlines() if line.split() and
+                        pattern.match(line.split()[0])), key=_version_key, reverse=True)
     for name in names:
         for line in _run(["apt-cache", "policy", name]).splitlines():
             line = line.strip()
             if line.startswith("Candidate:") and line.split()[1] != "(none)":
                 return name, line.split()[1]
-    raise ImageError("apt offers no linux-image-6.1.*-amd64 package (is a Debian 12 source configured?)")
+    raise ImageError(f"apt offers no generic kernel package (linux-image-VERSION-{arch} or "
+                     "linux-image-VERSION-generic; is a package source configured?)")
 
 
 APT_STATE_FILES = [Path("/var/lib/apt/lists"), Path("/var/cache/apt/pkgcache.bin"), Path("/etc/apt/sources.list"),
@@ -145,7 +172,10 @@ def fetch_kernel_deb(deb_dir: Path) -> Path:
     Without apt or network, the newest .deb already cached is used.
     """
     deb_dir.mkdir(parents=True, exist_ok=True)
-    cached = sorted(deb_dir.glob("linux-image-6.1.*-amd64_*.deb"), key=lambda p: _version_key(p.name))
+    arch = deb_arch()
+    pattern = kernel_re(arch)
+    cached = sorted((p for p in deb_dir.glob("linux-image-*_*.deb") if pattern.match(p.name.split("_")[0])),
+                    key=lambda p: _version_key(p.name))
     try:
         name, version = resolve_kernel_package(deb_dir)
     except ImageError as e:
@@ -153,7 +183,7 @@ def fetch_kernel_deb(deb_dir: Path) -> Path:
             log.warning("cannot ask apt for the kernel package (%s); using cached %s", e, cached[-1].name)
             return cached[-1]
         raise KernelDownloadError(str(e)) from e
-    want = f"{name}_{version.replace(':', '%3a')}_amd64.deb"
+    want = f"{name}_{version.replace(':', '%3a')}_{arch}.deb"
     if (deb_dir / want).exists():
         return deb_dir / want
     log.info("downloading %s %s", name, version)
@@ -321,7 +351,7 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where downloads and images are kept (default: $XDG_CACHE_HOME/wlproxy/guest)")
     parser.add_argument("--force", action="store_true", help="rebuild even if a cached image matches")
     parser.add_argument("--kernel-deb", type=Path, default=None, metavar="DEB",
-                        help="use this linux-image-6.1.*-amd64 .deb instead of downloading one")
+                        help="use this kernel package (.deb) instead of downloading one")
 
 
 def run_image(args: argparse.Namespace) -> int:

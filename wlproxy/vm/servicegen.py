@@ -33,6 +33,8 @@ class ServiceParams:
     port: int = 6000
     display: str = DEFAULT_DISPLAY
     weston_args: str = ""
+    user: str = ""          # s6: the user the host half runs as (s6-setuidgid); "": the service's user
+    socket_group: str = ""  # systemd: the group that may reach weston's socket (SupplementaryGroups=)
     python: str = field(default_factory=lambda: sys.executable)
     xdg_runtime_dir: str = field(
         default_factory=lambda: os.environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}")
@@ -48,6 +50,16 @@ def systemd_quote(word: str) -> str:
     return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _run_dir_lines(run_dir: Path) -> str:
+    """systemd: RUN_DIR/%i owned by the transient user (RuntimeDirectory=, kept across restarts, since
+    the VMM's sockets live there too) when RUN_DIR is under /run; else RUN_DIR must be writable for it."""
+    d = Path(run_dir).absolute()
+    if d.parts[:2] == ("/", "run") and len(d.parts) > 2:
+        rel = systemd_quote("/".join(d.parts[2:]) + "/%i").replace("%%i", "%i")
+        return f"RuntimeDirectory={rel}\nRuntimeDirectoryPreserve=yes\nRuntimeDirectoryMode=0750"
+    return f"# {d} is not under /run: it must be writable by the service's user\nReadWritePaths={systemd_quote(str(d))}"
+
+
 def _values(p: ServiceParams, quote: Callable[[str], str]) -> dict[str, str]:
     display_args = f"--display {quote(p.display)}" if p.display else ""
     return {
@@ -58,6 +70,11 @@ def _values(p: ServiceParams, quote: Callable[[str], str]) -> dict[str, str]:
         "WESTON_ARGS": " ".join(quote(a) for a in shlex.split(p.weston_args)),
         "PYTHONPATH_EXPORT": f"export PYTHONPATH={quote(p.pythonpath)}" if p.pythonpath else "",
         "PYTHONPATH_ENV": f"Environment=PYTHONPATH={quote(p.pythonpath)}" if p.pythonpath else "",
+        "RUN_DIR_LINES": _run_dir_lines(p.run_dir),
+        "GROUP_LINE": f"SupplementaryGroups={quote(p.socket_group)}" if p.socket_group else "",
+        "SETUIDGID": f"s6-setuidgid {quote(p.user)}" if p.user else "",
+        "CHOWN_RUN_DIR": (f"chown {quote(p.user)} {quote(str(Path(p.run_dir).absolute()))}/\"$vm\"" if p.user
+                          else ":"),
     }
 
 

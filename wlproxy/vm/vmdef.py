@@ -9,7 +9,8 @@ One directory per VM under the VMs directory; the directory's name is the VM's n
     NAME/cmdline              kernel command line (optional)
     NAME/memory               memory size, bytes or with a K/M/G suffix (optional, default 1G)
     NAME/cpus                 number of vCPUs (optional, default 1)
-    NAME/wlproxy.toml         the VM's wlproxy policy (optional)
+    NAME/wlproxy.toml         the VM's wlproxy policy (optional; or NAME.toml beside the
+                              directory: wlproxy.core.policy.LOOKUP_DOC)
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ DEFAULT_MEMORY = 1 << 30
 DEFAULT_CPUS = 1
 MIN_MEMORY = 64 << 20
 MAX_CPUS = 254
-_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 class VmDefError(Exception):
@@ -66,10 +66,13 @@ def name_problem(name: str) -> str | None:
 
 def parse_memory(text: str) -> int:
     """Parse ``1073741824``, ``512M``, ``1G`` or ``1GiB`` into bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not m:
-        raise ValueError(f"{text.strip()!r} is not a size (examples: 1G, 512M, 1073741824)")
-    size = int(m.group(1)) * _SUFFIX[m.group(2).upper()]
+    from wlproxy.core.policy import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError:
+        raise ValueError(f"{text.strip()!r} is not a size (examples: 1G, 512MiB, 1073741824; "
+                         "MB and GB are powers of 1000)") from None
     if size < MIN_MEMORY:
         raise ValueError(f"{size} bytes is less than the minimum of {MIN_MEMORY >> 20} MiB")
     if size % 4096:
@@ -96,9 +99,11 @@ def _check_file(path: Path, what: str, problems: list[str]) -> bool:
 
 
 def policy_path(vm_dir: Path) -> Path | None:
-    """The VM's policy file, if it has one."""
-    p = vm_dir / "wlproxy.toml"
-    return p if p.exists() else None
+    """The VM's policy file, if it has one (the lookup every subcommand uses:
+    ``NAME/wlproxy.toml``, then ``NAME.toml`` beside it)."""
+    from wlproxy.core import policy
+
+    return policy.lookup(vm_dir.name, vm_dir.parent)
 
 
 def load(vms_dir: Path, name: str) -> VmDef:
@@ -164,11 +169,16 @@ def load(vms_dir: Path, name: str) -> VmDef:
     elif net_dir.exists():
         problems.append(f"{net_dir}: is not a directory")
 
+    pol: Path | None = None
+    try:
+        pol = policy_path(vm_dir)
+    except ValueError as e:  # policy.PolicyError: two policy files
+        problems.append(str(e))
     if problems:
         raise VmDefError(name, problems)
     return VmDef(name=name, path=vm_dir, kernel=kernel, disks=disks, cmdline=cmdline, memory=memory,
                  cpus=cpus, initramfs=initramfs if has_initramfs else None,
-                 net_providers=tuple(providers), policy=policy_path(vm_dir))
+                 net_providers=tuple(providers), policy=pol)
 
 
 def names(vms_dir: Path) -> list[str]:
