@@ -16,7 +16,7 @@ from wlproxy.core import policy
 
 from test_hostvm_common import make_vm
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def wlproxy(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_spec_tests_skip_without_the_spec(tmp_path: Path) -> None:
     env = dict(os.environ, WLPROXY_CH_SPEC=str(tmp_path / "absent.yaml"))
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-                        "tests/test_hostvm_spec.py"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        "tests/vm/test_hostvm_spec.py"], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "failed" not in r.stdout
@@ -22,7 +22,7 @@ def test_spec_tests_skip_without_the_spec(tmp_path: Path) -> None:
 
 
 def test_spec_found_beside_the_clone() -> None:
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "vm"))
     from test_hostvm_common import ch_spec_path
 
     env = os.environ.pop("WLPROXY_CH_SPEC", None)
